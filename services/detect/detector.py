@@ -1,0 +1,104 @@
+"""SCRFD face detection through insightface's model class."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from insightface.model_zoo.scrfd import SCRFD
+from insightface.utils import face_align
+
+from facescore.v1 import common_pb2
+from services.common.models import ModelSpec, select_model, verify_model
+from services.common.onnx import create_session
+from services.detect.settings import DetectSettings
+
+# insightface's norm_crop calls a scikit-image method that warns of its own future removal.
+warnings.filterwarnings("ignore", message=".*`estimate` is deprecated.*", category=FutureWarning)
+
+CROP_SIZE = 112
+
+
+@dataclass(frozen=True)
+class RawFace:
+    box: np.ndarray  # x1, y1, x2, y2
+    score: float
+    landmarks: np.ndarray  # (5, 2)
+
+    @property
+    def area(self) -> float:
+        return float((self.box[2] - self.box[0]) * (self.box[3] - self.box[1]))
+
+    @property
+    def shorter_side(self) -> float:
+        return float(min(self.box[2] - self.box[0], self.box[3] - self.box[1]))
+
+
+class FaceDetector:
+    """Loads the detector named by the manifest and finds faces, largest first."""
+
+    def __init__(self, settings: DetectSettings) -> None:
+        self.settings = settings
+        self.spec: ModelSpec = select_model(settings.model_dir, "detector", settings.model_name)
+        self._model: SCRFD | None = None
+        self.providers: list[str] = []
+
+    def load(self) -> None:
+        path = verify_model(self.settings.model_dir, self.spec)
+        session = create_session(path, self.settings)
+        self.providers = list(session.get_providers())
+        model = SCRFD(model_file=str(path), session=session)
+        side = self.settings.input_size
+        # ctx_id 0 keeps the configured providers; a negative id would force the CPU.
+        model.prepare(
+            0,
+            input_size=(side, side),
+            det_thresh=self.settings.score_threshold,
+            nms_thresh=self.settings.nms_threshold,
+        )
+        self._model = model
+
+    def warm_up(self) -> None:
+        blank = np.zeros((self.settings.input_size, self.settings.input_size, 3), np.uint8)
+        for _ in range(2):
+            self.detect(blank, self.settings.score_threshold)
+
+    def model_info(self) -> common_pb2.ModelInfo:
+        side = self.settings.input_size
+        return common_pb2.ModelInfo(
+            name=self.spec.name,
+            sha256=self.spec.sha256,
+            role=self.spec.role,
+            providers=self.providers,
+            input_width=side,
+            input_height=side,
+        )
+
+    def detect(
+        self,
+        image_bgr: np.ndarray,
+        score_threshold: float,
+        max_faces: int = 0,
+        min_face_size: float = 0,
+    ) -> list[RawFace]:
+        if self._model is None:
+            raise RuntimeError("detector is not loaded")
+        side = self.settings.input_size
+        boxes, kpss = self._model.detect(
+            image_bgr, input_size=(side, side), max_num=0, det_thresh=score_threshold
+        )
+        faces = [
+            RawFace(
+                box=boxes[i, :4].astype(np.float32), score=float(boxes[i, 4]), landmarks=kpss[i]
+            )
+            for i in range(boxes.shape[0])
+        ]
+        faces = [f for f in faces if f.shorter_side >= min_face_size]
+        faces.sort(key=lambda f: (-f.area, -f.score))
+        return faces[:max_faces] if max_faces > 0 else faces
+
+
+def align(image_bgr: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """The face warped onto ArcFace's 112x112 template."""
+    return np.ascontiguousarray(face_align.norm_crop(image_bgr, landmarks, image_size=CROP_SIZE))

@@ -1,0 +1,27 @@
+"""Detect service settings: environment variables prefixed DETECT_."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ImageLimits, OnnxSettings, ServerSettings
+
+
+class DetectSettings(ServerSettings, OnnxSettings, ImageLimits):
+    model_config = SettingsConfigDict(
+        env_prefix="DETECT_", env_file=".env", extra="ignore", env_ignore_empty=True
+    )
+
+    port: int = Field(50051, description="gRPC port.")
+    metrics_port: int = Field(9101, description="Side port for /metrics and /health; 0 = off.")
+    input_size: int = Field(
+        640, ge=32, le=2048, description="Detector input side (multiple of 32)."
+    )
+    score_threshold: float = Field(0.5, gt=0, lt=1, description="Minimum detection score.")
+    nms_threshold: float = Field(0.4, gt=0, lt=1, description="IoU above which boxes merge.")
+    max_faces: int = Field(100, ge=1, description="Most faces returned per photo, largest first.")
+    min_face_size: int = Field(
+        0, ge=0, description="Faces whose shorter box side is below this many pixels are dropped."
+    )
+    workers: int = Field(1, ge=1, description="Photos detected in parallel (threads).")

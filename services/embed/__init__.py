@@ -1,0 +1,1 @@
+"""Embed service: ArcFace embeddings of aligned crops, batched across requests."""

@@ -1,0 +1,120 @@
+"""Dynamic batching: crops of concurrent calls share one model run."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+
+import grpc
+import numpy as np
+
+from services.common.errors import FaceScoreError, Reason
+from services.common.metrics import BATCH_SIZE, MODEL_RUNS, MODEL_SECONDS, QUEUE_DEPTH
+
+
+class Batcher:
+    """Collects crops until `max_batch` or until the oldest has waited `max_delay_s`.
+
+    One model run at a time: while it runs, new crops queue up and form the next batch,
+    so batching grows with load without adding latency when idle. The queue is bounded
+    and a call that would overflow it is refused with RESOURCE_EXHAUSTED.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[list[np.ndarray]], np.ndarray],
+        executor: Executor,
+        *,
+        model: str,
+        max_batch: int,
+        max_delay_s: float,
+        max_queue: int,
+    ) -> None:
+        self._run = run
+        self._executor = executor
+        self._model = model
+        self._max_batch = max_batch
+        self._max_delay_s = max_delay_s
+        self._max_queue = max_queue
+        self._queue: deque[tuple[np.ndarray, asyncio.Future[np.ndarray], float]] = deque()
+        self._arrived = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name=f"batcher-{self._model}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for _, future, _ in self._queue:
+            future.cancel()
+        self._queue.clear()
+
+    async def submit(self, crops: list[np.ndarray]) -> np.ndarray:
+        if len(self._queue) + len(crops) > self._max_queue:
+            raise FaceScoreError(
+                Reason.QUEUE_FULL,
+                f"embedding queue is full ({self._max_queue} crops); retry later",
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                metadata={"max_queue": str(self._max_queue)},
+            )
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        futures = [loop.create_future() for _ in crops]
+        self._queue.extend((crop, fut, now) for crop, fut in zip(crops, futures, strict=True))
+        QUEUE_DEPTH.labels(self._model).set(len(self._queue))
+        self._arrived.set()
+        try:
+            return np.stack(await asyncio.gather(*futures))
+        finally:
+            for future in futures:
+                future.cancel()
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._arrived.wait()
+            self._arrived.clear()
+            while self._queue:
+                deadline = self._queue[0][2] + self._max_delay_s
+                while (
+                    len(self._queue) < self._max_batch and (wait := deadline - time.monotonic()) > 0
+                ):
+                    try:
+                        await asyncio.wait_for(self._arrived.wait(), wait)
+                    except TimeoutError:
+                        break
+                    self._arrived.clear()
+                batch: list[tuple[np.ndarray, asyncio.Future[np.ndarray], float]] = []
+                while self._queue and len(batch) < self._max_batch:
+                    item = self._queue.popleft()
+                    if not item[1].done():  # the caller gave up (deadline, cancel): skip it
+                        batch.append(item)
+                QUEUE_DEPTH.labels(self._model).set(len(self._queue))
+                if batch:
+                    await self._run_batch(loop, batch)
+
+    async def _run_batch(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        batch: list[tuple[np.ndarray, asyncio.Future[np.ndarray], float]],
+    ) -> None:
+        crops = [crop for crop, _, _ in batch]
+        started = time.perf_counter()
+        try:
+            vectors = await loop.run_in_executor(self._executor, self._run, crops)
+        except Exception as error:
+            for _, future, _ in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        MODEL_SECONDS.labels(self._model).observe(time.perf_counter() - started)
+        MODEL_RUNS.labels(self._model).inc()
+        BATCH_SIZE.labels(self._model).observe(len(batch))
+        for (_, future, _), vector in zip(batch, vectors, strict=True):
+            if not future.done():
+                future.set_result(vector)

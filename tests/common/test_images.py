@@ -1,0 +1,452 @@
+"""decode_image: every accepted format, every refusal reason, and no allocation for a bomb."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import resource
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from PIL import Image, ImageFile, features
+
+from services.common.errors import FaceScoreError, Reason
+from services.common.images import DecodedImage, decode_image
+
+MAX_BYTES = 20 * 1024 * 1024
+MAX_PIXELS = 40_000_000
+EXIF_ORIENTATION = 0x0112
+
+
+def _t1_path() -> Path:
+    spec = importlib.util.find_spec("insightface")
+    assert spec is not None and spec.submodule_search_locations
+    return Path(spec.submodule_search_locations[0]) / "data" / "images" / "t1.jpg"
+
+
+T1_JPEG = _t1_path().read_bytes()
+
+
+@pytest.fixture(scope="module")
+def t1_small() -> Image.Image:
+    """t1.jpg at a size that keeps the encoders quick; even sides suit HEIF's chroma planes."""
+    with Image.open(io.BytesIO(T1_JPEG)) as image:
+        return image.convert("RGB").resize((640, 442))
+
+
+def encode(image: Image.Image, fmt: str, **options: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def decode(data: bytes, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> DecodedImage:
+    decoded = decode_image(data, max_bytes, max_pixels)
+    assert decoded.sha256 == hashlib.sha256(data).hexdigest()
+    assert decoded.bgr.dtype == np.uint8
+    assert decoded.bgr.ndim == 3 and decoded.bgr.shape[2] == 3
+    assert decoded.bgr.flags["C_CONTIGUOUS"]
+    assert (decoded.height, decoded.width) == decoded.bgr.shape[:2]
+    return decoded
+
+
+def refusal(
+    data: bytes, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS
+) -> FaceScoreError:
+    with pytest.raises(FaceScoreError) as caught:
+        decode_image(data, max_bytes, max_pixels)
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in caught.value.metadata.items())
+    return caught.value
+
+
+def as_rgb(decoded: DecodedImage) -> npt.NDArray[np.int16]:
+    return decoded.bgr[:, :, ::-1].astype(np.int16)
+
+
+def mean_abs_diff(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> float:
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def png_from_chunks(width: int, height: int, color_type: int, idat: bytes) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", idat)
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB.
+
+
+# Accepted formats.
+
+
+def test_jpeg_matches_pillow_pixels_in_bgr_order() -> None:
+    decoded = decode(T1_JPEG)
+    with Image.open(io.BytesIO(T1_JPEG)) as image:
+        rgb = np.asarray(image.convert("RGB"))
+    assert decoded.format == "JPEG"
+    assert decoded.bgr.shape == (*rgb.shape[:2], 3)
+    np.testing.assert_array_equal(decoded.bgr, rgb[:, :, ::-1])
+
+
+@pytest.mark.parametrize(
+    ("fmt", "options"),
+    [
+        ("PNG", {}),
+        ("BMP", {}),
+        ("TIFF", {}),
+        ("TIFF", {"compression": "tiff_lzw"}),
+        ("WEBP", {"lossless": True}),
+    ],
+)
+def test_lossless_formats_round_trip_exactly(
+    t1_small: Image.Image, fmt: str, options: dict[str, Any]
+) -> None:
+    decoded = decode(encode(t1_small, fmt, **options))
+    assert decoded.format == fmt
+    np.testing.assert_array_equal(as_rgb(decoded), np.asarray(t1_small))
+
+
+@pytest.mark.parametrize(("fmt", "options"), [("WEBP", {"quality": 90}), ("JPEG", {"quality": 90})])
+def test_lossy_formats_stay_close(t1_small: Image.Image, fmt: str, options: dict[str, Any]) -> None:
+    decoded = decode(encode(t1_small, fmt, **options))
+    assert decoded.format == fmt
+    assert decoded.bgr.shape == (442, 640, 3)
+    assert mean_abs_diff(as_rgb(decoded), np.asarray(t1_small)) < 4
+
+
+def test_heif_encoded_by_pillow_heif(t1_small: Image.Image) -> None:
+    import pillow_heif
+
+    # Fails, rather than skips, when this build of pillow-heif cannot write HEIF.
+    assert pillow_heif.libheif_info()["HEIF"], "pillow-heif was built without an HEVC encoder"
+    heif = pillow_heif.from_pillow(t1_small)
+    buffer = io.BytesIO()
+    heif.save(buffer, format="HEIF", quality=90)
+    data = buffer.getvalue()
+    assert data[4:12] == b"ftypheic"
+
+    decoded = decode(data)
+    assert decoded.format == "HEIF"
+    assert decoded.bgr.shape == (442, 640, 3)
+    assert mean_abs_diff(as_rgb(decoded), np.asarray(t1_small)) < 4
+
+
+@pytest.mark.skipif(not features.check("avif"), reason="this Pillow has no AVIF codec")
+def test_avif(t1_small: Image.Image) -> None:
+    decoded = decode(encode(t1_small, "AVIF", quality=90))
+    assert decoded.format == "AVIF"
+    assert mean_abs_diff(as_rgb(decoded), np.asarray(t1_small)) < 4
+
+
+def test_16_bit_grayscale_png_is_scaled_not_saturated(t1_small: Image.Image) -> None:
+    gray8 = np.asarray(t1_small.convert("L"))
+    gray16 = gray8.astype(np.uint16) * 257  # 0..255 -> 0..65535
+    image16 = Image.fromarray(gray16)
+    assert image16.mode == "I;16"
+    data = encode(image16, "PNG")
+    with Image.open(io.BytesIO(data)) as reopened:
+        assert reopened.mode.startswith("I")  # Pillow really opens it as 16-bit.
+
+    decoded = decode(data)
+    assert decoded.format == "PNG"
+    b, g, r = (decoded.bgr[:, :, c] for c in range(3))
+    np.testing.assert_array_equal(b, g)
+    np.testing.assert_array_equal(g, r)
+    assert abs(float(b.mean()) - float(gray8.mean())) < 2
+    assert mean_abs_diff(b, gray8) < 1
+    assert float(b.mean()) < 200  # Clipping would have made nearly every pixel 255.
+
+
+def test_16_bit_levels_map_to_8_bit_levels() -> None:
+    levels = np.array([[0, 257, 128 * 257, 65535, 255]], dtype=np.uint16)
+    decoded = decode(encode(Image.fromarray(levels), "PNG"))
+    assert decoded.bgr[0, :, 0].tolist() == [0, 1, 128, 255, 1]
+
+
+def test_transparent_pixels_are_composited_over_white(t1_small: Image.Image) -> None:
+    rgba = t1_small.convert("RGBA")
+    alpha = np.full((442, 640), 255, dtype=np.uint8)
+    alpha[:, :200] = 0
+    alpha[:, 200:400] = 128
+    rgba.putalpha(Image.fromarray(alpha))
+    decoded = decode(encode(rgba, "PNG"))
+    got = as_rgb(decoded)
+    original = np.asarray(t1_small).astype(np.float64)
+
+    assert (got[:, :200] == 255).all()
+    half = (original[:, 200:400] * 128 + 255 * 127) / 255
+    assert np.abs(got[:, 200:400] - half).max() <= 1
+    np.testing.assert_array_equal(got[:, 400:], original[:, 400:])
+
+
+def test_grayscale_with_alpha_png(t1_small: Image.Image) -> None:
+    gray = t1_small.convert("L")
+    alpha = np.zeros((442, 640), dtype=np.uint8)
+    alpha[:, :320] = 255  # Left half opaque, right half transparent.
+    la = Image.merge("LA", (gray, Image.fromarray(alpha)))
+    decoded = decode(encode(la, "PNG"))
+    np.testing.assert_array_equal(decoded.bgr[:, :320, 0], np.asarray(gray)[:, :320])
+    assert (decoded.bgr[:, 320:] == 255).all()
+
+
+def test_grayscale_png_fills_all_three_channels(t1_small: Image.Image) -> None:
+    gray = np.asarray(t1_small.convert("L"))
+    decoded = decode(encode(t1_small.convert("L"), "PNG"))
+    for channel in range(3):
+        np.testing.assert_array_equal(decoded.bgr[:, :, channel], gray)
+
+
+def test_palette_png(t1_small: Image.Image) -> None:
+    palette = t1_small.convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+    decoded = decode(encode(palette, "PNG"))
+    np.testing.assert_array_equal(as_rgb(decoded), np.asarray(palette.convert("RGB")))
+
+
+def test_palette_png_transparent_index_is_white() -> None:
+    palette = Image.new("P", (8, 4), 0)
+    palette.putpalette([0, 0, 255, 255, 0, 0] + [0] * (256 * 3 - 6))
+    palette.paste(1, (4, 0, 8, 4))
+    decoded = decode(encode(palette, "PNG", transparency=0))
+    assert (decoded.bgr[:, :4] == 255).all()
+    assert (decoded.bgr[:, 4:] == (0, 0, 255)).all()  # Red, in BGR order.
+
+
+def test_cmyk_jpeg(t1_small: Image.Image) -> None:
+    decoded = decode(encode(t1_small.convert("CMYK"), "JPEG", quality=95))
+    assert decoded.format == "JPEG"
+    assert mean_abs_diff(as_rgb(decoded), np.asarray(t1_small.convert("CMYK").convert("RGB"))) < 4
+
+
+def test_animated_gif_gives_its_first_frame() -> None:
+    red = Image.new("RGB", (64, 48), (255, 0, 0))
+    blue = Image.new("RGB", (64, 48), (0, 0, 255))
+    data = encode(red, "GIF", save_all=True, append_images=[blue], duration=100, loop=0)
+    with Image.open(io.BytesIO(data)) as gif:
+        assert getattr(gif, "n_frames", 1) == 2
+
+    decoded = decode(data)
+    assert decoded.format == "GIF"
+    assert decoded.bgr.shape == (48, 64, 3)
+    assert (decoded.bgr == (0, 0, 255)).all()
+
+
+# EXIF orientation: pixels stored rotated plus a tag that undoes it display the original.
+
+
+@pytest.mark.parametrize(
+    ("fmt", "orientation", "stored_as", "tolerance"),
+    [
+        ("JPEG", 6, Image.Transpose.ROTATE_90, 3.0),
+        ("JPEG", 8, Image.Transpose.ROTATE_270, 3.0),
+        ("JPEG", 3, Image.Transpose.ROTATE_180, 3.0),
+        ("PNG", 6, Image.Transpose.ROTATE_90, 0.0),
+        ("PNG", 8, Image.Transpose.ROTATE_270, 0.0),
+        ("WEBP", 6, Image.Transpose.ROTATE_90, 3.0),
+        # pillow-heif turns the EXIF tag into an irot box and libheif applies it while
+        # decoding, resetting the tag: this checks the rotation is not applied twice.
+        ("HEIF", 6, Image.Transpose.ROTATE_90, 3.0),
+        ("HEIF", 8, Image.Transpose.ROTATE_270, 3.0),
+    ],
+)
+def test_exif_orientation_is_applied(
+    t1_small: Image.Image, fmt: str, orientation: int, stored_as: Image.Transpose, tolerance: float
+) -> None:
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    options: dict[str, Any] = {"exif": exif.tobytes()}
+    if fmt != "PNG":
+        options["quality"] = 95
+    stored = t1_small.transpose(stored_as)
+
+    decoded = decode(encode(stored, fmt, **options))
+    assert decoded.bgr.shape == (442, 640, 3)
+    assert mean_abs_diff(as_rgb(decoded), np.asarray(t1_small)) <= tolerance
+
+
+# Refusals.
+
+
+def test_empty() -> None:
+    error = refusal(b"")
+    assert error.reason is Reason.EMPTY_IMAGE
+
+
+def test_too_many_bytes_is_checked_before_anything_is_parsed() -> None:
+    error = refusal(T1_JPEG, max_bytes=len(T1_JPEG) - 1)
+    assert error.reason is Reason.IMAGE_TOO_LARGE
+    assert error.metadata == {"limit": str(len(T1_JPEG) - 1), "actual": str(len(T1_JPEG))}
+    # Bytes that are no image at all still get the size answer first.
+    assert refusal(b"x" * 101, max_bytes=100).reason is Reason.IMAGE_TOO_LARGE
+    assert decode(T1_JPEG, max_bytes=len(T1_JPEG)).format == "JPEG"
+
+
+def test_too_many_pixels() -> None:
+    pixels = 1280 * 886
+    error = refusal(T1_JPEG, max_pixels=pixels - 1)
+    assert error.reason is Reason.IMAGE_TOO_MANY_PIXELS
+    assert error.metadata["limit"] == str(pixels - 1)
+    assert error.metadata["actual"] == str(pixels)
+    assert decode(T1_JPEG, max_pixels=pixels).width == 1280
+
+
+def test_rotated_photo_counts_the_same_pixels(t1_small: Image.Image) -> None:
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+    data = encode(t1_small.transpose(Image.Transpose.ROTATE_90), "PNG", exif=exif.tobytes())
+    assert decode(data, max_pixels=640 * 442).bgr.shape == (442, 640, 3)
+    assert refusal(data, max_pixels=640 * 442 - 1).reason is Reason.IMAGE_TOO_MANY_PIXELS
+
+
+def _unsupported_inputs() -> dict[str, bytes]:
+    small = Image.new("RGB", (32, 32), (10, 200, 30))
+    return {
+        "ico": encode(small, "ICO"),
+        "tga": encode(small, "TGA"),
+        "ppm": encode(small, "PPM"),
+        "qoi": encode(small, "QOI"),
+        "pcx": encode(small, "PCX"),
+        "pdf": b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog >>\nendobj\ntrailer\n%%EOF\n",
+        "psd-signature": b"8BPS\x00\x01" + bytes(64),
+        "svg": b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>',
+        "text": b"hello, this is not a photo\n",
+        "random": np.random.default_rng(20240601).bytes(4096),
+        "one-byte": b"\x00",
+    }
+
+
+UNSUPPORTED = _unsupported_inputs()
+
+
+@pytest.mark.parametrize("name", sorted(UNSUPPORTED))
+def test_unsupported_formats(name: str) -> None:
+    error = refusal(UNSUPPORTED[name])
+    assert error.reason is Reason.UNSUPPORTED_IMAGE_FORMAT
+    assert error.metadata.get("format")
+
+
+def test_unsupported_format_is_named_when_its_signature_is_known() -> None:
+    assert refusal(UNSUPPORTED["ico"]).metadata == {"format": "ICO"}
+    assert refusal(UNSUPPORTED["psd-signature"]).metadata == {"format": "PSD"}
+    assert refusal(UNSUPPORTED["text"]).metadata == {"format": "unknown"}
+
+
+def _corrupt_inputs() -> dict[str, tuple[bytes, str]]:
+    with Image.open(io.BytesIO(T1_JPEG)) as image:
+        small = image.convert("RGB").resize((160, 110))
+    png = encode(small, "PNG")
+    idat = png.index(b"IDAT")
+    damaged_png = bytearray(png)
+    damaged_png[idat + 200 : idat + 400] = bytes(200)  # Breaks the zlib stream and the CRC.
+    gif = encode(small, "GIF")
+    webp = encode(small, "WEBP")
+    tiff = encode(small, "TIFF")
+    return {
+        "truncated-jpeg": (T1_JPEG[: len(T1_JPEG) // 2], "JPEG"),
+        "jpeg-headers-only": (T1_JPEG[:700], "JPEG"),
+        "jpeg-signature-then-zeros": (b"\xff\xd8\xff" + bytes(100), "JPEG"),
+        "truncated-png": (png[: len(png) // 2], "PNG"),
+        "png-cut-inside-ihdr": (png[:20], "PNG"),
+        "png-damaged-idat": (bytes(damaged_png), "PNG"),
+        "truncated-gif": (gif[: len(gif) // 2], "GIF"),
+        "truncated-webp": (webp[: len(webp) // 2], "WEBP"),
+        "truncated-tiff": (tiff[: len(tiff) // 2], "TIFF"),
+        "bmp-signature-then-junk": (b"BM" + bytes(60), "BMP"),
+    }
+
+
+CORRUPT = _corrupt_inputs()
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPT))
+def test_corrupt_images(name: str) -> None:
+    data, fmt = CORRUPT[name]
+    error = refusal(data)
+    assert error.reason is Reason.CORRUPT_IMAGE
+    assert error.metadata == {"format": fmt}
+
+
+def test_truncated_heif_is_corrupt(t1_small: Image.Image) -> None:
+    data = encode(t1_small, "HEIF", quality=50)
+    error = refusal(data[: len(data) // 2])
+    assert error.reason is Reason.CORRUPT_IMAGE
+    assert error.metadata == {"format": "HEIF"}
+
+
+def test_truncated_images_stay_refused_globally() -> None:
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+# Decompression bombs.
+
+
+def test_bomb_header_is_refused_before_any_allocation() -> None:
+    # 50000 x 50000 RGB claims 7.5 GB of pixels in a file of a few dozen bytes.
+    bomb = png_from_chunks(50_000, 50_000, color_type=2, idat=zlib.compress(bytes(100)))
+    assert len(bomb) < 200
+    before = peak_rss_mib()
+    error = refusal(bomb)
+    assert error.reason is Reason.IMAGE_TOO_MANY_PIXELS
+    assert error.metadata["actual"] == "2500000000"
+    assert error.metadata["width"] == error.metadata["height"] == "50000"
+    assert peak_rss_mib() - before < 200
+
+
+def test_dense_bomb_is_refused_before_any_allocation() -> None:
+    # Unlike the tiny-IDAT bomb, whose pages a real decode would barely touch, this one's zlib
+    # stream really inflates to 400 MB of pixels (several GB on the way to BGR), so a decode
+    # that slipped past the limit would show in the peak RSS.
+    side = 20_000
+    compressor = zlib.compressobj(9)
+    rows = bytes(side + 1) * 1000  # Filter byte plus a row of black, 1000 rows at a time.
+    idat = b"".join(compressor.compress(rows) for _ in range(side // 1000)) + compressor.flush()
+    bomb = png_from_chunks(side, side, color_type=0, idat=idat)
+    assert len(bomb) < 1024 * 1024
+    del rows
+    before = peak_rss_mib()
+    error = refusal(bomb)
+    assert error.reason is Reason.IMAGE_TOO_MANY_PIXELS
+    assert peak_rss_mib() - before < 200
+
+
+# Hostile input in general.
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow's TIFF reader warns on bad tags.
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "HEIF"])
+def test_damaged_bytes_never_raise_anything_but_facescore_errors(fmt: str) -> None:
+    small = Image.new("RGB", (40, 30))
+    small.paste((200, 40, 40), (0, 0, 20, 30))
+    data = encode(small, fmt)
+    rng = np.random.default_rng(7)
+    variants = [data[:cut] for cut in range(1, len(data), max(1, len(data) // 40))]
+    for _ in range(150):
+        mutated = bytearray(data)
+        for position in rng.integers(0, len(data), size=int(rng.integers(1, 8))):
+            mutated[position] = int(rng.integers(0, 256))
+        variants.append(bytes(mutated))
+    for variant in variants:
+        try:
+            decoded = decode_image(variant, MAX_BYTES, MAX_PIXELS)
+        except FaceScoreError as error:
+            assert error.reason in {
+                Reason.CORRUPT_IMAGE,
+                Reason.UNSUPPORTED_IMAGE_FORMAT,
+                Reason.IMAGE_TOO_MANY_PIXELS,
+            }
+        else:
+            assert decoded.bgr.dtype == np.uint8 and decoded.bgr.shape[2] == 3

@@ -1,0 +1,160 @@
+"""The shared gRPC bootstrap: health, reflection, request ids, providers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+from facescore.v1 import common_pb2, detect_pb2, detect_pb2_grpc, embed_pb2, embed_pb2_grpc
+from services.common.logging import REQUEST_ID_HEADER, RequestIdClientInterceptor
+from services.common.server import serve
+from services.common.settings import ServerSettings
+from tests.conftest import ServiceProcess, free_port
+
+
+class GatedService:
+    """A service whose warm-up waits for the test, to watch health before and after it."""
+
+    service_name = "facescore.test.Gated"
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    def register(self, server: grpc.aio.Server) -> None:
+        """It offers no methods of its own."""
+
+    async def start(self) -> None:
+        await self.release.wait()
+
+    async def stop(self) -> None:
+        """Nothing to release."""
+
+    def details(self) -> dict[str, Any]:
+        return {}
+
+
+async def _status(address: str, service: str = "") -> int:
+    async with grpc.aio.insecure_channel(address) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=2
+        )
+    return int(reply.status)
+
+
+async def test_health_turns_serving_only_after_warm_up() -> None:
+    service = GatedService()
+    settings = ServerSettings(port=free_port(), metrics_port=0, grace_period_s=1)
+    address = f"127.0.0.1:{settings.port}"
+    stopping = asyncio.Event()
+    server = asyncio.create_task(serve(service, settings, stopping))
+    try:
+        for _ in range(50):
+            try:
+                status = await _status(address)
+                break
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.05)
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert (
+            await _status(address, service.service_name)
+            == health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        service.release.set()
+        for _ in range(50):
+            if await _status(address) == health_pb2.HealthCheckResponse.SERVING:
+                break
+            await asyncio.sleep(0.05)
+        assert (
+            await _status(address, service.service_name) == health_pb2.HealthCheckResponse.SERVING
+        )
+    finally:
+        stopping.set()
+        assert await asyncio.wait_for(server, 10) == 0
+
+
+def test_reflection_lists_the_services(
+    detect_service: ServiceProcess, embed_service: ServiceProcess
+) -> None:
+    for service, name in (
+        (detect_service, "facescore.v1.DetectService"),
+        (embed_service, "facescore.v1.EmbedService"),
+    ):
+        with grpc.insecure_channel(service.address) as channel:
+            services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+        assert {
+            name,
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection",
+        } <= services
+
+
+def _log_lines(service: ServiceProcess) -> list[dict[str, Any]]:
+    lines = []
+    for line in service.logs().splitlines():
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return lines
+
+
+async def test_request_id_reaches_every_service_log(
+    start_service: Callable[..., ServiceProcess], photo: Callable[[str], bytes]
+) -> None:
+    detect_service = start_service("detect", DETECT_LOG_LEVEL="debug")
+    embed_service = start_service("embed", EMBED_LOG_LEVEL="debug")
+    structlog.contextvars.bind_contextvars(request_id="rid-test-1234")
+    try:
+        interceptors = [RequestIdClientInterceptor()]
+        async with (
+            grpc.aio.insecure_channel(
+                detect_service.address, interceptors=interceptors
+            ) as detect_channel,
+            grpc.aio.insecure_channel(
+                embed_service.address, interceptors=interceptors
+            ) as embed_channel,
+        ):
+            call = detect_pb2_grpc.DetectServiceStub(detect_channel).Detect(
+                detect_pb2.DetectRequest(image=photo("yaoming.jpg"), include_crops=True)
+            )
+            faces = (await call).faces
+            assert dict(await call.initial_metadata())[REQUEST_ID_HEADER] == "rid-test-1234"
+            await embed_pb2_grpc.EmbedServiceStub(embed_channel).Embed(
+                embed_pb2.EmbedRequest(crops=[faces[0].crop])
+            )
+    finally:
+        structlog.contextvars.unbind_contextvars("request_id")
+    await asyncio.sleep(0.2)
+    for service in (detect_service, embed_service):
+        tagged = [line for line in _log_lines(service) if line.get("request_id") == "rid-test-1234"]
+        assert tagged, service.logs()
+        assert all(line["service"] == service.name for line in tagged)
+
+
+def test_missing_gpu_provider_fails_startup_clearly(
+    start_service: Callable[..., ServiceProcess],
+) -> None:
+    # No GPU here: asking for CUDA must stop the service, not fall back in silence.
+    service = start_service("embed", wait=False, EMBED_PROVIDERS="cuda")
+    assert service.process is not None
+    assert service.process.wait(60) == 1
+    assert "CUDAExecutionProvider requested but not usable" in service.logs()
+
+
+def test_cpu_fallback_only_when_allowed(start_service: Callable[..., ServiceProcess]) -> None:
+    service = start_service("embed", EMBED_PROVIDERS="cuda,cpu", EMBED_ALLOW_CPU_FALLBACK="true")
+    with grpc.insecure_channel(service.address) as channel:
+        info = embed_pb2_grpc.EmbedServiceStub(channel).GetModelInfo(
+            common_pb2.GetModelInfoRequest(), timeout=5
+        )
+    assert list(info.providers) == ["CPUExecutionProvider"]
+    assert "running on the CPU" in service.logs()
