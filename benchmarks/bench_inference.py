@@ -14,6 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from facescore.v1 import detect_pb2, detect_pb2_grpc, embed_pb2, embed_pb2_grpc
 from services.common.models import insightface_image, vectron_file
 
 REPO = Path(__file__).resolve().parents[1]
+warnings.filterwarnings("ignore", message=".*`estimate` is deprecated.*", category=FutureWarning)
 MODELS = REPO / "public" / "models"
 
 
@@ -186,7 +188,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3, help="passes over the photos per row")
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=110)
     photos = single_face_photos()
     console.print(
         f"{len(photos)} photos of about one face each, {args.rounds} passes per row, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -88,8 +89,10 @@ class DetectService(detect_pb2_grpc.DetectServiceServicer):
                 )
             min_size = request.min_face_size
         loop = asyncio.get_running_loop()
+        # copy_context: the worker thread logs with this call's request id.
         return await loop.run_in_executor(
             self._pool,
+            contextvars.copy_context().run,
             self._detect,
             request.image,
             threshold,

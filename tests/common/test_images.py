@@ -6,7 +6,6 @@ import hashlib
 import importlib.util
 import io
 import resource
-import struct
 import zlib
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from PIL import Image, ImageFile, features
 
 from services.common.errors import FaceScoreError, Reason
 from services.common.images import DecodedImage, decode_image
+from tests.pngs import dense_bomb, png_from_chunks
 
 MAX_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 40_000_000
@@ -71,20 +71,6 @@ def as_rgb(decoded: DecodedImage) -> npt.NDArray[np.int16]:
 
 def mean_abs_diff(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> float:
     return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
-
-
-def png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def png_from_chunks(width: int, height: int, color_type: int, idat: bytes) -> bytes:
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", ihdr)
-        + png_chunk(b"IDAT", idat)
-        + png_chunk(b"IEND", b"")
-    )
 
 
 def peak_rss_mib() -> float:
@@ -410,13 +396,8 @@ def test_dense_bomb_is_refused_before_any_allocation() -> None:
     # Unlike the tiny-IDAT bomb, whose pages a real decode would barely touch, this one's zlib
     # stream really inflates to 400 MB of pixels (several GB on the way to BGR), so a decode
     # that slipped past the limit would show in the peak RSS.
-    side = 20_000
-    compressor = zlib.compressobj(9)
-    rows = bytes(side + 1) * 1000  # Filter byte plus a row of black, 1000 rows at a time.
-    idat = b"".join(compressor.compress(rows) for _ in range(side // 1000)) + compressor.flush()
-    bomb = png_from_chunks(side, side, color_type=0, idat=idat)
+    bomb = dense_bomb(20_000)
     assert len(bomb) < 1024 * 1024
-    del rows
     before = peak_rss_mib()
     error = refusal(bomb)
     assert error.reason is Reason.IMAGE_TOO_MANY_PIXELS

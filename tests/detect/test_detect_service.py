@@ -18,6 +18,7 @@ from facescore.v1 import common_pb2, detect_pb2, detect_pb2_grpc
 from services.common.errors import reason_of
 from services.common.models import vectron_file
 from tests.conftest import ServiceProcess
+from tests.pngs import dense_bomb
 
 EXPECTED_FACES = {"t1.jpg": 6, "players.jpg": 22, "gdp.jpg": 5, "yaoming.jpg": 1}
 
@@ -143,27 +144,6 @@ def test_bad_overrides_are_invalid_argument(
     assert field in (raised.value.details() or "")
 
 
-def _png_claiming(width: int, height: int) -> bytes:
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(body))
-            + kind
-            + body
-            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-        )
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-        + chunk(b"IEND", b"")
-    )
-
-
 def _peak_rss_kib(service: ServiceProcess) -> int:
     assert service.process is not None
     with open(f"/proc/{service.process.pid}/status") as status:
@@ -202,7 +182,7 @@ def test_truncated_photo_is_corrupt(
 def test_pixel_bomb_is_refused_without_allocating(detect_service: ServiceProcess) -> None:
     before = _peak_rss_kib(detect_service)
     with pytest.raises(grpc.RpcError) as raised:
-        detect(detect_service, _png_claiming(50_000, 50_000))  # 7.5 GB once decoded
+        detect(detect_service, dense_bomb(20_000))  # 1.6 GB once decoded to BGR
     assert reason_of(raised.value) == "image_too_many_pixels"
     assert _peak_rss_kib(detect_service) - before < 100 * 1024
 
