@@ -13,9 +13,13 @@ def _serve(args: argparse.Namespace) -> int:
         from services.detect.server import main as detect_main
 
         return detect_main()
-    from services.embed.server import main as embed_main
+    if args.service == "embed":
+        from services.embed.server import main as embed_main
 
-    return embed_main()
+        return embed_main()
+    from services.score.server import main as score_main
+
+    return score_main()
 
 
 def _models_fetch(args: argparse.Namespace) -> int:
@@ -57,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run one gRPC service (settings from the environment)")
-    serve.add_argument("service", choices=["detect", "embed"])
+    serve.add_argument("service", choices=["detect", "embed", "score"])
     serve.set_defaults(func=_serve)
 
     check = sub.add_parser("healthcheck", help="exit 0 when the gRPC service at ADDRESS serves")

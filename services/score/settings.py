@@ -1,0 +1,68 @@
+"""Score service settings: environment variables prefixed SCORE_."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import REPO_ROOT, MiB, ServerSettings
+
+
+class ScoreSettings(ServerSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SCORE_", env_file=".env", extra="ignore", env_ignore_empty=True
+    )
+
+    port: int = Field(50053, description="gRPC port.")
+    metrics_port: int = Field(9103, description="Side port for /metrics and /health; 0 = off.")
+    detect_target: str = Field(
+        "dns:///127.0.0.1:50051",
+        description="gRPC target of the detect service; dns:/// spreads calls over all replicas.",
+    )
+    embed_target: str = Field("dns:///127.0.0.1:50052", description="gRPC target of embed.")
+    default_deadline_s: float = Field(
+        10.0, gt=0, description="Deadline for a call that arrives without one."
+    )
+    data_dir: Path = Field(
+        REPO_ROOT / "data", description="Embedded Qdrant's storage (DATA_DIR/qdrant)."
+    )
+    qdrant_url: str | None = Field(
+        None, description="Qdrant server URL; unset = embedded Qdrant under DATA_DIR."
+    )
+    qdrant_api_key: SecretStr | None = Field(None, description="Qdrant server API key.")
+    qdrant_timeout_s: float = Field(5.0, gt=0, description="Timeout of one Qdrant request.")
+    collection_prefix: str = Field(
+        "faces", description="Collection name = prefix + model name + model sha256 prefix."
+    )
+    hnsw_m: int = Field(16, ge=4, description="HNSW graph degree of the faces collection.")
+    hnsw_ef_construct: int = Field(100, ge=4, description="HNSW build-time search width.")
+    on_disk: bool = Field(False, description="Keep vectors and the HNSW index on disk.")
+    redis_url: SecretStr | None = Field(
+        None,
+        description="redis:// or rediss:// URL (password included); unset = in-process cache.",
+    )
+    cache_ttl_s: int = Field(86_400, ge=1, description="How long a photo's analysis is cached.")
+    cache_max_bytes: int = Field(
+        64 * MiB, ge=0, description="In-process cache size when REDIS_URL is unset; 0 = off."
+    )
+    redis_timeout_s: float = Field(
+        0.25, gt=0, description="Socket timeout for Redis; a slow Redis must not stall calls."
+    )
+    redis_retry_s: float = Field(
+        5.0, gt=0, description="While Redis is down, how often the connection is retried."
+    )
+    threshold: float = Field(
+        0.40, gt=-1, lt=1, description="Cosine similarity at or above which faces match."
+    )
+    top_k: int = Field(5, ge=1, le=100, description="Subjects returned per face by Identify.")
+    max_metadata_bytes: int = Field(
+        4096, ge=2, description="Largest metadata JSON accepted with an enrollment."
+    )
+    min_face_size: float = Field(
+        32.0, ge=0, description="Enroll gate: shorter side of the face box, in pixels."
+    )
+    min_sharpness: float = Field(0.0, ge=0, description="Enroll gate: Laplacian variance of the crop.")
+    min_detection_score: float = Field(0.6, ge=0, le=1, description="Enroll gate: detection score.")
+    max_abs_yaw: float = Field(60.0, ge=0, le=90, description="Enroll gate: |yaw| in degrees.")
