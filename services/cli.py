@@ -46,12 +46,38 @@ def _watch(args: argparse.Namespace) -> int:
     from services.detect.settings import DetectSettings
     from services.embed.settings import EmbedSettings
     from services.health import watch
+    from services.score.settings import ScoreSettings
 
     services = {}
-    for name, settings in (("detect", DetectSettings()), ("embed", EmbedSettings())):
+    stack = (("detect", DetectSettings()), ("embed", EmbedSettings()), ("score", ScoreSettings()))
+    for name, settings in stack:
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
         services[name] = f"{host}:{settings.port}"
     return watch(services)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from services.score.calibrate import DEFAULT_THRESHOLDS, CalibrationError, parse_thresholds, run
+
+    try:
+        thresholds = parse_thresholds(args.thresholds) if args.thresholds else DEFAULT_THRESHOLDS
+        return run(
+            args.dir,
+            thresholds=thresholds,
+            target_far=args.target_far,
+            model_dir=args.model_dir,
+            as_json=args.json,
+        )
+    except (CalibrationError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _settings(args: argparse.Namespace) -> int:
+    from services.settings_doc import env_example
+
+    print(env_example(), end="")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +96,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     watch = sub.add_parser("watch", help="wait for the local stack, print its addresses, watch it")
     watch.set_defaults(func=_watch)
+
+    calibrate = sub.add_parser(
+        "calibrate",
+        help="measure TPR and FAR on labeled photos (DIR/<subject>/<photo>) to set SCORE_THRESHOLD",
+        description="Embed the largest face of every photo under DIR/<subject>/ with the "
+        "configured models, score every genuine and impostor pair, and print the "
+        "similarity distributions, TPR and FAR by threshold, and the smallest threshold "
+        "whose FAR is at most --target-far. Exit status 1 when the photos give no genuine "
+        "or no impostor pairs.",
+    )
+    calibrate.add_argument("dir", type=Path, help="folder with one folder of photos a person")
+    calibrate.add_argument(
+        "--target-far",
+        type=float,
+        default=0.001,
+        help="false-accept rate to find the threshold for (default 0.001)",
+    )
+    calibrate.add_argument(
+        "--thresholds",
+        default=None,
+        help="comma-separated candidate thresholds (default 0.20,0.25,...,0.60)",
+    )
+    calibrate.add_argument(
+        "--model-dir",
+        type=Path,
+        default=None,
+        help="model folder for both models (default: DETECT_MODEL_DIR / EMBED_MODEL_DIR)",
+    )
+    calibrate.add_argument("--json", action="store_true", help="print the figures as JSON")
+    calibrate.set_defaults(func=_calibrate)
+
+    settings = sub.add_parser(
+        "settings", help="print every setting with its default (.env.example)"
+    )
+    settings.set_defaults(func=_settings)
 
     models = sub.add_parser("models", help="provision and check the ONNX models")
     models_sub = models.add_subparsers(dest="models_command", required=True)

@@ -27,9 +27,21 @@ class Reason(StrEnum):
     INVALID_ARGUMENT = "invalid_argument"
     INVALID_CROP = "invalid_crop"
     TOO_MANY_CROPS = "too_many_crops"
+    INVALID_METADATA = "invalid_metadata"
+    # Use cases (score service).
+    NO_FACE = "no_face"
+    MULTIPLE_FACES = "multiple_faces"
+    FACE_QUALITY_TOO_LOW = "face_quality_too_low"
+    GALLERY_NOT_FOUND = "gallery_not_found"
+    GALLERY_EXISTS = "gallery_exists"
+    SUBJECT_NOT_FOUND = "subject_not_found"
+    FACE_NOT_FOUND = "face_not_found"
+    EMBEDDING_MODEL_MISMATCH = "embedding_model_mismatch"
     # Capacity and dependencies.
     QUEUE_FULL = "queue_full"
     NOT_READY = "not_ready"
+    DEPENDENCY_UNAVAILABLE = "dependency_unavailable"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
     INTERNAL = "internal"
 
 

@@ -88,7 +88,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
                 elapsed = time.perf_counter() - started
                 GRPC_LATENCY.labels(method).observe(elapsed)
                 GRPC_REQUESTS.labels(method, code, reason).inc()
-                log.debug("request done", code=code, ms=round(elapsed * 1000, 2))
+                log.info("request done", code=code, ms=round(elapsed * 1000, 2))
                 structlog.contextvars.unbind_contextvars("request_id", "method")
 
         return grpc.unary_unary_rpc_method_handler(
@@ -154,8 +154,8 @@ async def serve(
     await asyncio.wait({starting, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
     exit_code = 0
     if starting.done():
-        if starting.exception() is not None:
-            log.error("startup failed", error=str(starting.exception()))
+        if (error := starting.exception()) is not None:
+            log.error("startup failed", error=str(error), reason=getattr(error, "reason", None))
             exit_code = 1
             stopping.set()
         else:

@@ -1,1 +1,1 @@
-"""Score service: analyze, enroll, identify, verify; galleries in Qdrant, analyses cached in Redis."""
+"""Score service: analyze, enroll, identify, verify; faces in Qdrant, analyses in a cache."""

@@ -63,6 +63,8 @@ class ScoreSettings(ServerSettings):
     min_face_size: float = Field(
         32.0, ge=0, description="Enroll gate: shorter side of the face box, in pixels."
     )
-    min_sharpness: float = Field(0.0, ge=0, description="Enroll gate: Laplacian variance of the crop.")
+    min_sharpness: float = Field(
+        0.0, ge=0, description="Enroll gate: Laplacian variance of the crop."
+    )
     min_detection_score: float = Field(0.6, ge=0, le=1, description="Enroll gate: detection score.")
     max_abs_yaw: float = Field(60.0, ge=0, le=90, description="Enroll gate: |yaw| in degrees.")

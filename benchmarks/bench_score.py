@@ -1,0 +1,461 @@
+"""Score service benchmark: Identify end to end, the analysis cache, and the gallery's size.
+
+Run with `make bench-score`. Every row is measured in the same run on the same photos (those
+of bench_inference.py), so compare rows with each other, not with figures from another
+machine or day. The score service runs with embedded Qdrant (a brute-force search in Python);
+compose runs the Qdrant server, whose HNSW index this benchmark does not measure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from itertools import count
+from pathlib import Path
+
+import cv2
+import grpc
+import numpy as np
+from insightface.model_zoo.arcface_onnx import ArcFaceONNX
+from insightface.model_zoo.scrfd import SCRFD
+from insightface.utils import face_align
+from qdrant_client import QdrantClient, models
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks.bench_inference import (
+    MODELS,
+    REPO,
+    bench_in_process,
+    free_port,
+    single_face_photos,
+    start,
+    summarize,
+    wait_serving,
+)
+from facescore.v1 import score_pb2, score_pb2_grpc
+from services.score.gallery import face_id
+from tests.redis_server import RedisServer
+
+Stats = tuple[float, float, float]  # calls per second, p50 ms, p99 ms
+TIMEOUT_S = 60.0
+TOP_K = 5
+_nonce = count()
+
+
+def fresh_bytes(data: bytes) -> bytes:
+    """The same JPEG with a unique comment segment: other bytes (a cache miss), same pixels."""
+    if data[:2] != b"\xff\xd8":
+        raise ValueError("not a JPEG")
+    comment = f"bench {next(_nonce)}".encode()
+    return data[:2] + b"\xff\xfe" + struct.pack(">H", len(comment) + 2) + comment + data[2:]
+
+
+class ScoreProcess:
+    """`facescore serve score` on a free port, over its own data dir (embedded Qdrant)."""
+
+    def __init__(self, data_dir: Path, detect: str, embed: str, **env: str) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "SCORE_PORT": str(self.port),
+            "SCORE_METRICS_PORT": "0",
+            "SCORE_LOG_LEVEL": "warning",
+            "SCORE_DETECT_TARGET": f"dns:///{detect}",
+            "SCORE_EMBED_TARGET": f"dns:///{embed}",
+            "SCORE_DATA_DIR": str(data_dir),
+            "SCORE_QDRANT_URL": "",  # empty = unset: embedded Qdrant under data_dir
+            "SCORE_REDIS_URL": "",
+            **env,
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "serve", "score"], cwd=REPO, env=self.env
+        )
+        wait_serving(self.address)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(30)
+        self.process = None
+
+
+# Timing.
+
+
+async def timed(calls: Sequence[Callable[[], Awaitable[object]]], concurrency: int) -> Stats:
+    """Run the calls with `concurrency` of them in flight; latency of each, and the rate."""
+    latencies: list[float] = []
+    queue = iter(calls)
+
+    async def worker() -> None:
+        for call in queue:  # one iterator shared by the workers: each call runs once
+            t = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - t)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return summarize(latencies, time.perf_counter() - started, len(latencies))
+
+
+def stub(channel: grpc.aio.Channel) -> score_pb2_grpc.ScoreServiceStub:
+    return score_pb2_grpc.ScoreServiceStub(channel)
+
+
+async def enroll_all(address: str, gallery: str, photos: list[bytes]) -> dict[int, str]:
+    """Create the gallery, enroll each photo's largest face: photo index -> subject id."""
+    enrolled: dict[int, str] = {}
+    async with grpc.aio.insecure_channel(address) as channel:
+        score = stub(channel)
+        await score.CreateGallery(score_pb2.CreateGalleryRequest(name=gallery), timeout=TIMEOUT_S)
+        for index, data in enumerate(photos):
+            subject = f"photo-{index:02d}"
+            request = score_pb2.EnrollRequest(
+                gallery=gallery,
+                subject_id=subject,
+                image=data,
+                face_selection=score_pb2.FACE_SELECTION_LARGEST,
+            )
+            try:
+                await score.Enroll(request, timeout=TIMEOUT_S)
+            except grpc.aio.AioRpcError:  # no face, or below the quality gates
+                continue
+            enrolled[index] = subject
+    return enrolled
+
+
+async def bench_identify(
+    address: str,
+    gallery: str,
+    photos: list[bytes],
+    enrolled: dict[int, str],
+    rounds: int,
+    concurrency: int,
+    *,
+    fresh: bool,
+) -> tuple[Stats, float]:
+    """Identify every photo `rounds` times; (stats, share of enrolled photos found top-1).
+
+    fresh=True sends each call other bytes (fresh_bytes), so no call can hit the cache.
+    """
+    found: list[bool] = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        score = stub(channel)
+
+        def call(index: int) -> Callable[[], Awaitable[None]]:
+            async def one() -> None:
+                data = fresh_bytes(photos[index]) if fresh else photos[index]
+                request = score_pb2.IdentifyRequest(gallery=gallery, image=data, top_k=TOP_K)
+                response = await score.Identify(request, timeout=TIMEOUT_S)
+                if index in enrolled:
+                    best = response.faces[0].candidates[0].subject_id if response.faces else ""
+                    found.append(best == enrolled[index])
+
+            return one
+
+        await call(0)()
+        found.clear()
+        calls = [call(i) for _ in range(rounds) for i in range(len(photos))]
+        stats = await timed(calls, concurrency)
+    return stats, sum(found) / max(1, len(found))
+
+
+async def bench_analyze(address: str, photos: list[bytes], calls: int, *, cached: bool) -> Stats:
+    """Analyze, one call at a time: every photo analyzed once first when `cached`."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        score = stub(channel)
+        for data in photos if cached else photos[:1]:
+            await score.Analyze(score_pb2.AnalyzeRequest(image=data), timeout=TIMEOUT_S)
+
+        def call(data: bytes) -> Callable[[], Awaitable[None]]:
+            async def one() -> None:
+                response = await score.Analyze(score_pb2.AnalyzeRequest(image=data), timeout=30)
+                if response.cached != cached:
+                    raise RuntimeError(f"expected cached={cached}, got {response.cached}")
+
+            return one
+
+        return await timed([call(photos[i % len(photos)]) for i in range(calls)], 1)
+
+
+async def service_info(address: str) -> score_pb2.ServiceInfo:
+    async with grpc.aio.insecure_channel(address) as channel:
+        return await stub(channel).GetServiceInfo(
+            score_pb2.GetServiceInfoRequest(), timeout=TIMEOUT_S
+        )
+
+
+# In process: insightface and a numpy search.
+
+
+class InProcessIdentify:
+    """insightface's SCRFD + ArcFace, then a brute-force dot product against the gallery."""
+
+    def __init__(self) -> None:
+        self.detector = SCRFD(model_file=str(MODELS / "scrfd_500m_bnkps.onnx"))
+        self.detector.prepare(0, input_size=(640, 640))
+        self.recognizer = ArcFaceONNX(model_file=str(MODELS / "w600k_mbf.onnx"))
+        self.gallery = np.zeros((0, 512), np.float32)
+
+    def embed(self, data: bytes) -> np.ndarray:
+        """L2-normalised embeddings of every face, largest face first."""
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        boxes, landmarks = self.detector.detect(image, input_size=(640, 640))
+        if len(boxes) == 0:
+            return np.zeros((0, 512), np.float32)
+        order = np.argsort(-(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+        crops = [face_align.norm_crop(image, landmarks[i]) for i in order]
+        vectors = np.asarray(self.recognizer.get_feat(crops), np.float32)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    def identify(self, data: bytes) -> list[np.ndarray]:
+        """Indices of the TOP_K most similar gallery faces, for every face of the photo."""
+        results = []
+        for scores in self.embed(data) @ self.gallery.T:
+            k = min(TOP_K, len(scores))
+            best = np.argpartition(-scores, k - 1)[:k]
+            results.append(best[np.argsort(-scores[best])])
+        return results
+
+
+def bench_in_process_identify(
+    pipeline: InProcessIdentify, photos: list[bytes], rounds: int, concurrency: int
+) -> Stats:
+    def one(data: bytes) -> float:
+        t = time.perf_counter()
+        pipeline.identify(data)
+        return time.perf_counter() - t
+
+    pipeline.identify(photos[0])
+    work = [data for _ in range(rounds) for data in photos]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        latencies = list(pool.map(one, work))
+    return summarize(latencies, time.perf_counter() - started, len(latencies))
+
+
+# Gallery size.
+
+
+def fill_gallery(
+    data_dir: Path, info: score_pb2.ServiceInfo, gallery: str, first: int, total: int
+) -> None:
+    """Write synthetic faces first..total-1 straight into the embedded Qdrant (service stopped).
+
+    Random unit vectors, with the payload fields Enroll writes that searches and listings read.
+    """
+    rng = np.random.default_rng(first)
+    dim = info.recognizer.embedding_dim
+    client = QdrantClient(path=str(data_dir / "qdrant"))
+    try:
+        for start_at in range(first, total, 1000):
+            ids = range(start_at, min(total, start_at + 1000))
+            vectors = rng.standard_normal((len(ids), dim)).astype(np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            points = []
+            for i, vector in zip(ids, vectors, strict=True):
+                subject = f"synthetic-{i:06d}"
+                point_id = face_id(gallery, subject, f"{i:064x}", 0)
+                payload = {
+                    "gallery": gallery,
+                    "subject_id": subject,
+                    "face_id": point_id,
+                    "model_name": info.recognizer.name,
+                    "model_sha256": info.recognizer.sha256,
+                    "image_sha256": f"{i:064x}",
+                    "face_index": 0,
+                }
+                points.append(
+                    models.PointStruct(id=point_id, vector=vector.tolist(), payload=payload)
+                )
+            client.upsert(info.collection, points, wait=True)
+    finally:
+        client.close()
+
+
+# Report.
+
+
+def add_stats(table: Table, label: str, concurrency: int | str, stats: Stats) -> None:
+    ips, p50, p99 = stats
+    table.add_row(label, str(concurrency), f"{ips:.1f}", f"{p50:.1f}", f"{p99:.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3, help="passes over the photos per row")
+    parser.add_argument("--cache-calls", type=int, default=200, help="calls per cache-hit row")
+    parser.add_argument(
+        "--sizes", default="1000,10000,20000", help="gallery sizes, comma-separated"
+    )
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    console = Console(width=110)
+    began = time.perf_counter()
+    photos = single_face_photos()
+    console.print(
+        f"{len(photos)} photos of about one face each, {args.rounds} passes per row, "
+        f"{os.cpu_count()} CPU cores"
+    )
+    work = Path(tempfile.mkdtemp(prefix="facescore-bench-score-"))
+    detect_port, embed_port = free_port(), free_port()
+    detect, embed = f"127.0.0.1:{detect_port}", f"127.0.0.1:{embed_port}"
+    helpers = [start("detect", detect_port), start("embed", embed_port)]
+    scores: list[ScoreProcess] = []
+    redis: RedisServer | None = None
+    try:
+        wait_serving(detect)
+        wait_serving(embed)
+
+        # 1. Identify, every call through the models: the cache is off.
+        identify = Table(title="Identify: detect + embed + search of a 34-face gallery, no cache")
+        for column in ("pipeline", "concurrency", "images/s", "p50 ms", "p99 ms"):
+            identify.add_column(column, justify="left" if column == "pipeline" else "right")
+        pipeline = InProcessIdentify()
+        add_stats(
+            identify,
+            "in-process insightface, detect + embed only",
+            1,
+            bench_in_process(photos, args.rounds),
+        )
+        pipeline.gallery = np.stack(
+            [v[0] for v in (pipeline.embed(data) for data in photos) if len(v)]
+        )
+        for concurrency in (1, 4):
+            add_stats(
+                identify,
+                "in-process insightface + numpy search",
+                concurrency,
+                bench_in_process_identify(pipeline, photos, args.rounds, concurrency),
+            )
+        off = ScoreProcess(work / "off", detect, embed, SCORE_CACHE_MAX_BYTES="0")
+        scores.append(off)
+        off.start()
+        enrolled = asyncio.run(enroll_all(off.address, "bench", photos))
+        found = []
+        for concurrency in (1, 4):
+            stats, share = asyncio.run(
+                bench_identify(
+                    off.address, "bench", photos, enrolled, args.rounds, concurrency, fresh=False
+                )
+            )
+            found.append(share)
+            add_stats(identify, "score service Identify (cache off)", concurrency, stats)
+        uncached = asyncio.run(
+            bench_analyze(off.address, photos, args.rounds * len(photos), cached=False)
+        )
+        off.stop()
+        console.print(identify)
+        console.print(
+            f"{len(enrolled)} of {len(photos)} photos enrolled (the others: no face passing the "
+            f"enrollment gates); the service found the enrolled subject first for "
+            f"{min(found):.0%} of their Identify calls; in-process gallery: "
+            f"{len(pipeline.gallery)} faces"
+        )
+
+        # 2. Analyze: cache hits against the models.
+        cache = Table(title="Analyze, one call at a time")
+        for column in ("analysis", "calls", "calls/s", "p50 ms", "p99 ms"):
+            cache.add_column(column, justify="left" if column == "analysis" else "right")
+        add_stats(
+            cache, "uncached: detect + embed (cache off)", args.rounds * len(photos), uncached
+        )
+        memory = ScoreProcess(work / "memory", detect, embed)
+        scores.append(memory)
+        memory.start()
+        hits = asyncio.run(bench_analyze(memory.address, photos, args.cache_calls, cached=True))
+        add_stats(cache, "cache hit, in-process cache", args.cache_calls, hits)
+        redis = RedisServer()
+        with_redis = ScoreProcess(work / "redis", detect, embed, SCORE_REDIS_URL=redis.url)
+        scores.append(with_redis)
+        with_redis.start()
+        hits = asyncio.run(bench_analyze(with_redis.address, photos, args.cache_calls, cached=True))
+        with_redis.stop()
+        redis.close()
+        redis = None
+        add_stats(cache, "cache hit, Redis (redis-server on loopback)", args.cache_calls, hits)
+        console.print(cache)
+
+        # 3. Identify against larger galleries: synthetic faces written into embedded Qdrant.
+        scale = Table(
+            title="Identify against N faces, one call at a time (embedded Qdrant, brute force)"
+        )
+        for column in (
+            "faces",
+            "cached photo p50 ms",
+            "p99 ms",
+            "uncached p50 ms",
+            "p99 ms ",
+            "top-1 found",
+        ):
+            scale.add_column(column, justify="right")
+        enrolled = asyncio.run(enroll_all(memory.address, "scale", photos))
+        info = asyncio.run(service_info(memory.address))
+        faces = len(enrolled)
+        for size in [faces, *sizes]:
+            if size > faces:
+                memory.stop()
+                t = time.perf_counter()
+                fill_gallery(work / "memory", info, "scale", faces, size)
+                console.print(
+                    f"wrote {size - faces} synthetic faces in {time.perf_counter() - t:.1f} s"
+                )
+                faces = size
+                t = time.perf_counter()
+                memory.start()
+                console.print(
+                    f"score service serving {faces} faces after {time.perf_counter() - t:.1f} s"
+                )
+            # The first pass fills the cache (a restart empties it); the row times the others.
+            asyncio.run(
+                bench_identify(memory.address, "scale", photos, enrolled, 1, 1, fresh=False)
+            )
+            hit, share_hit = asyncio.run(
+                bench_identify(
+                    memory.address, "scale", photos, enrolled, args.rounds, 1, fresh=False
+                )
+            )
+            miss, share_miss = asyncio.run(
+                bench_identify(memory.address, "scale", photos, enrolled, 1, 1, fresh=True)
+            )
+            scale.add_row(
+                f"{faces:,}",
+                f"{hit[1]:.1f}",
+                f"{hit[2]:.1f}",
+                f"{miss[1]:.1f}",
+                f"{miss[2]:.1f}",
+                f"{min(share_hit, share_miss):.0%}",
+            )
+        console.print(scale)
+    finally:
+        for score in scores:
+            score.stop()
+        if redis is not None:
+            redis.close()
+        for process in helpers:
+            process.terminate()
+            process.wait(30)
+        shutil.rmtree(work, ignore_errors=True)
+    console.print(f"whole run: {time.perf_counter() - began:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the system programs the tests start themselves (redis-server), when missing.
+# As root it uses apt-get; otherwise it says what to install and fails: never a silent skip.
+set -euo pipefail
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  # Debian's package starts a server on the default port; the tests start their own.
+else
+  echo "the tests need: ${missing[*]} (Debian/Ubuntu: sudo apt-get install ${missing[*]})" >&2
+  exit 1
+fi

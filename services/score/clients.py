@@ -1,0 +1,125 @@
+"""gRPC clients of detect and embed: deadlines, retries on UNAVAILABLE, round-robin over DNS."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import grpc
+
+from facescore.v1 import common_pb2, detect_pb2, detect_pb2_grpc, embed_pb2, embed_pb2_grpc
+from services.common.errors import FaceScoreError, Reason, reason_of
+from services.common.logging import RequestIdClientInterceptor
+from services.common.server import grpc_options
+
+_RETRY_SERVICE_CONFIG = json.dumps(
+    {
+        # Every address the DNS name resolves to gets calls in turn: scaled-out replicas share load.
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [
+            {
+                "name": [
+                    {"service": "facescore.v1.DetectService"},
+                    {"service": "facescore.v1.EmbedService"},
+                ],
+                # Only UNAVAILABLE is retried: the call never reached a model, so a retry is safe.
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "0.5s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+    }
+)
+
+
+def open_channel(target: str, max_message_bytes: int) -> grpc.aio.Channel:
+    options = [
+        *grpc_options(max_message_bytes),
+        ("grpc.service_config", _RETRY_SERVICE_CONFIG),
+        ("grpc.enable_retries", 1),
+        # A restarted dependency is found again within a second, not after minutes of backoff.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+    ]
+    return grpc.aio.insecure_channel(
+        target, options=options, interceptors=[RequestIdClientInterceptor()]
+    )
+
+
+def remaining(deadline: float) -> float:
+    """Seconds left until `deadline` (time.monotonic()); raises once it has passed."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise FaceScoreError(
+            Reason.DEADLINE_EXCEEDED, "deadline exceeded", grpc.StatusCode.DEADLINE_EXCEEDED
+        )
+    return left
+
+
+def dependency_error(dependency: str, error: grpc.aio.AioRpcError) -> FaceScoreError:
+    """What a failed call to detect or embed means for our caller."""
+    reason = reason_of(error)
+    if error.code() == grpc.StatusCode.INVALID_ARGUMENT and reason is not None:
+        # The photo itself is at fault (empty, corrupt, too large...): the reason travels up.
+        return FaceScoreError(Reason(reason), error.details() or reason)
+    return FaceScoreError(
+        Reason.DEPENDENCY_UNAVAILABLE,
+        f"{dependency} is unavailable ({error.code().name}): {error.details()}",
+        grpc.StatusCode.UNAVAILABLE,
+        metadata={"dependency": dependency},
+    )
+
+
+class InferenceClient:
+    """The detect and embed services, as the score service uses them."""
+
+    def __init__(self, detect_target: str, embed_target: str, max_message_bytes: int) -> None:
+        self._detect_channel = open_channel(detect_target, max_message_bytes)
+        self._embed_channel = open_channel(embed_target, max_message_bytes)
+        self._detect = detect_pb2_grpc.DetectServiceStub(self._detect_channel)
+        self._embed = embed_pb2_grpc.EmbedServiceStub(self._embed_channel)
+
+    async def close(self) -> None:
+        await self._detect_channel.close()
+        await self._embed_channel.close()
+
+    async def detect(self, image: bytes, deadline: float) -> detect_pb2.DetectResponse:
+        try:
+            response: detect_pb2.DetectResponse = await self._detect.Detect(
+                detect_pb2.DetectRequest(image=image, include_crops=True),
+                timeout=remaining(deadline),
+            )
+        except grpc.aio.AioRpcError as error:
+            raise dependency_error("detect", error) from None
+        return response
+
+    async def embed(
+        self, crops: list[common_pb2.AlignedCrop], deadline: float
+    ) -> embed_pb2.EmbedResponse:
+        try:
+            response: embed_pb2.EmbedResponse = await self._embed.Embed(
+                embed_pb2.EmbedRequest(crops=crops), timeout=remaining(deadline)
+            )
+        except grpc.aio.AioRpcError as error:
+            raise dependency_error("embed", error) from None
+        return response
+
+    async def model_infos(
+        self, timeout: float
+    ) -> tuple[common_pb2.ModelInfo, common_pb2.ModelInfo]:
+        """(detector, recognizer) identities; raises FaceScoreError while either is down."""
+        request = common_pb2.GetModelInfoRequest()
+        try:
+            detector = await self._detect.GetModelInfo(request, timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            raise dependency_error("detect", error) from None
+        try:
+            recognizer = await self._embed.GetModelInfo(request, timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            raise dependency_error("embed", error) from None
+        return detector, recognizer

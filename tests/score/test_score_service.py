@@ -1,0 +1,548 @@
+"""The score service over gRPC on loopback: real detect and embed servers, a real
+redis-server, and Qdrant in embedded (local) mode under a temporary DATA_DIR.
+The Qdrant server binary cannot be installed here; the same client code talks to it."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import re
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+
+from facescore.v1 import score_pb2, score_pb2_grpc
+from services.common.errors import reason_of
+from tests.conftest import ServiceProcess
+
+Photo = Callable[[str], bytes]
+StartService = Callable[..., ServiceProcess]
+
+
+def score_env(
+    detect: ServiceProcess, embed: ServiceProcess, data_dir: Path, redis_url: str | None
+) -> dict[str, str]:
+    env = {
+        "SCORE_DETECT_TARGET": f"dns:///{detect.address}",
+        "SCORE_EMBED_TARGET": f"dns:///{embed.address}",
+        "SCORE_DATA_DIR": str(data_dir),
+        "SCORE_REDIS_RETRY_S": "0.2",
+    }
+    if redis_url:
+        env["SCORE_REDIS_URL"] = redis_url
+    return env
+
+
+@pytest.fixture(scope="module")
+def score_service(
+    start_service: StartService,
+    detect_service: ServiceProcess,
+    embed_service: ServiceProcess,
+    redis_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> ServiceProcess:
+    data_dir = tmp_path_factory.mktemp("score-data")
+    return start_service("score", **score_env(detect_service, embed_service, data_dir, redis_url))
+
+
+class Client:
+    """The generated stub with a deadline on every call, as a careful caller uses it."""
+
+    def __init__(self, service: ServiceProcess) -> None:
+        self.channel = grpc.insecure_channel(service.address)
+        self.stub = score_pb2_grpc.ScoreServiceStub(self.channel)
+
+    def __getattr__(self, method: str) -> Callable[..., object]:
+        call = getattr(self.stub, method)
+        return lambda request, timeout=30, **kw: call(request, timeout=timeout, **kw)
+
+
+@pytest.fixture()
+def score(score_service: ServiceProcess) -> Iterator[Client]:
+    client = Client(score_service)
+    yield client
+    client.channel.close()
+
+
+_galleries = iter(range(10_000))
+
+
+@pytest.fixture()
+def gallery(score: Client) -> str:
+    name = f"g{next(_galleries)}-{int(time.time() * 1000) % 100000}"
+    score.CreateGallery(score_pb2.CreateGalleryRequest(name=name))
+    return name
+
+
+def reason(call: Callable[[], object]) -> str | None:
+    with pytest.raises(grpc.RpcError) as raised:
+        call()
+    return reason_of(raised.value)
+
+
+def jpeg_variant(data: bytes, quality: int, crop: int = 0) -> bytes:
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    if crop:
+        image = image.crop((crop, crop, image.width - crop, image.height - crop))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def enroll(
+    score: Client, gallery: str, subject: str, image: bytes, **options: object
+) -> score_pb2.EnrollResponse:
+    return score.Enroll(  # type: ignore[no-any-return]
+        score_pb2.EnrollRequest(gallery=gallery, subject_id=subject, image=image, **options)
+    )
+
+
+def counter(service: ServiceProcess, method: str) -> float:
+    with urllib.request.urlopen(service.metrics_url + "/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    pattern = rf'^facescore_grpc_requests_total\{{[^}}]*method="[^"]*/{method}"[^}}]*\}} (\S+)$'
+    return sum(float(v) for v in re.findall(pattern, text, re.M))
+
+
+def test_identify_finds_yao_ming_and_nobody_else(score: Client, gallery: str, photo: Photo) -> None:
+    enroll(score, gallery, "yao", photo("yaoming.jpg"))
+    reply = score.Identify(score_pb2.IdentifyRequest(gallery=gallery, image=photo("players.jpg")))
+    assert len(reply.faces) == 22
+    matched = [f for f in reply.faces if not f.unknown]
+    assert [f.subject_id for f in matched] == ["yao"]
+    assert matched[0].candidates[0].similarity >= 0.5
+    assert all(f.subject_id == "" for f in reply.faces if f.unknown)
+    assert reply.threshold == pytest.approx(0.40)
+    strict = score.Identify(
+        score_pb2.IdentifyRequest(gallery=gallery, image=photo("players.jpg"), threshold=0.99)
+    )
+    assert all(f.unknown for f in strict.faces)
+
+
+def test_verify_photo_against_photo_and_subject(score: Client, gallery: str, photo: Photo) -> None:
+    found = score.Identify(score_pb2.IdentifyRequest(gallery=gallery, image=photo("players.jpg")))
+    assert not any(not f.unknown for f in found.faces)  # empty gallery: everyone is unknown
+    enroll(score, gallery, "yao", photo("yaoming.jpg"))
+    found = score.Identify(score_pb2.IdentifyRequest(gallery=gallery, image=photo("players.jpg")))
+    box = next(f.face.box for f in found.faces if not f.unknown)
+    players = Image.open(io.BytesIO(photo("players.jpg")))
+    margin = (box.x2 - box.x1) * 0.6
+    crop = players.crop((box.x1 - margin, box.y1 - margin, box.x2 + margin, box.y2 + margin))
+    buffer = io.BytesIO()
+    crop.convert("RGB").save(buffer, "JPEG", quality=95)
+
+    same = score.Verify(
+        score_pb2.VerifyRequest(image=photo("yaoming.jpg"), other_image=buffer.getvalue())
+    )
+    assert same.match and same.similarity >= 0.5
+    other = score.Verify(
+        score_pb2.VerifyRequest(image=photo("yaoming.jpg"), other_image=photo("t1.jpg"))
+    )
+    assert not other.match and other.similarity < 0.3
+    subject = score.Verify(
+        score_pb2.VerifyRequest(
+            image=buffer.getvalue(), subject=score_pb2.SubjectRef(gallery=gallery, subject_id="yao")
+        )
+    )
+    assert subject.match and subject.matched_face_id
+    stranger = score.Verify(
+        score_pb2.VerifyRequest(
+            image=photo("t1.jpg"), subject=score_pb2.SubjectRef(gallery=gallery, subject_id="yao")
+        )
+    )
+    assert not stranger.match
+
+
+def test_enroll_is_idempotent(score: Client, gallery: str, photo: Photo) -> None:
+    first = enroll(score, gallery, "yao", photo("yaoming.jpg"), metadata_json='{"team": "rockets"}')
+    again = enroll(score, gallery, "yao", photo("yaoming.jpg"))
+    assert first.created and not again.created
+    assert first.face_id == again.face_id
+    subject = score.GetSubject(score_pb2.GetSubjectRequest(gallery=gallery, subject_id="yao"))
+    assert subject.face_count == 1 and list(subject.face_ids) == [first.face_id]
+    assert json.loads(subject.metadata_json) == {"team": "rockets"}
+    assert subject.created_unix_ms > 0
+
+
+async def test_concurrent_enrolls_give_exact_counts(
+    score_service: ServiceProcess, gallery: str, photo: Photo
+) -> None:
+    photos = [jpeg_variant(photo("yaoming.jpg"), 60 + i % 35, crop=i // 35) for i in range(50)]
+    assert len({p for p in photos}) == 50
+    async with grpc.aio.insecure_channel(score_service.address) as channel:
+        stub = score_pb2_grpc.ScoreServiceStub(channel)
+        replies = await asyncio.gather(
+            *(
+                stub.Enroll(
+                    score_pb2.EnrollRequest(gallery=gallery, subject_id=f"s{i % 5}", image=p),
+                    timeout=60,
+                )
+                for i, p in enumerate(photos)
+            )
+        )
+        assert all(r.created for r in replies)
+        listing = await stub.ListSubjects(
+            score_pb2.ListSubjectsRequest(gallery=gallery), timeout=10
+        )
+        galleries = await stub.ListGalleries(score_pb2.ListGalleriesRequest(), timeout=10)
+    assert sorted((s.subject_id, s.face_count) for s in listing.subjects) == [
+        (f"s{i}", 10) for i in range(5)
+    ]
+    assert next(g for g in galleries.galleries if g.name == gallery).face_count == 50
+
+
+def test_subjects_are_listed_page_by_page(score: Client, gallery: str, photo: Photo) -> None:
+    for i in range(5):
+        enroll(score, gallery, f"p{i}", jpeg_variant(photo("yaoming.jpg"), 70 + i))
+    seen, token, pages = [], "", 0
+    while True:
+        page = score.ListSubjects(
+            score_pb2.ListSubjectsRequest(gallery=gallery, page_size=2, page_token=token)
+        )
+        seen += [s.subject_id for s in page.subjects]
+        pages += 1
+        token = page.next_page_token
+        if not token:
+            break
+    assert sorted(seen) == [f"p{i}" for i in range(5)] and pages == 3
+
+
+def test_deletes_leave_nothing_behind(score: Client, gallery: str, photo: Photo) -> None:
+    keep = enroll(score, gallery, "keep", jpeg_variant(photo("yaoming.jpg"), 90))
+    gone = [enroll(score, gallery, "gone", jpeg_variant(photo("yaoming.jpg"), q)) for q in (80, 85)]
+    deleted = score.DeleteSubject(
+        score_pb2.DeleteSubjectRequest(gallery=gallery, subject_id="gone")
+    )
+    assert deleted.deleted_faces == 2
+    reply = score.Identify(score_pb2.IdentifyRequest(gallery=gallery, image=photo("yaoming.jpg")))
+    assert {c.subject_id for c in reply.faces[0].candidates} == {"keep"}
+    assert (
+        reason(
+            lambda: score.DeleteFace(
+                score_pb2.DeleteFaceRequest(gallery=gallery, face_id=gone[0].face_id)
+            )
+        )
+        == "face_not_found"
+    )
+    score.DeleteFace(score_pb2.DeleteFaceRequest(gallery=gallery, face_id=keep.face_id))
+    assert (
+        score.GetSubject(score_pb2.GetSubjectRequest(gallery=gallery, subject_id="keep")).face_count
+        == 0
+    )
+
+    enroll(score, gallery, "again", photo("yaoming.jpg"))
+    assert score.DeleteGallery(score_pb2.DeleteGalleryRequest(name=gallery)).deleted_faces == 1
+    assert gallery not in [
+        g.name for g in score.ListGalleries(score_pb2.ListGalleriesRequest()).galleries
+    ]
+    score.CreateGallery(score_pb2.CreateGalleryRequest(name=gallery))
+    listed = score.ListGalleries(score_pb2.ListGalleriesRequest()).galleries
+    assert next(g for g in listed if g.name == gallery).face_count == 0
+    assert not score.ListSubjects(score_pb2.ListSubjectsRequest(gallery=gallery)).subjects
+
+
+def test_repeated_photo_is_answered_from_the_cache(
+    score: Client, detect_service: ServiceProcess, embed_service: ServiceProcess, photo: Photo
+) -> None:
+    image = photo("gdp.jpg")
+    first = score.Analyze(score_pb2.AnalyzeRequest(image=image, include_embeddings=True))
+    detects, embeds = counter(detect_service, "Detect"), counter(embed_service, "Embed")
+    second = score.Analyze(score_pb2.AnalyzeRequest(image=image, include_embeddings=True))
+    assert not first.cached and second.cached
+    assert counter(detect_service, "Detect") == detects
+    assert counter(embed_service, "Embed") == embeds
+    assert len(second.faces) == len(first.faces) == 5
+    np.testing.assert_allclose(
+        [f.embedding for f in second.faces], [f.embedding for f in first.faces], atol=1e-6
+    )
+    assert [f.box for f in second.faces] == [f.box for f in first.faces]
+
+
+def test_reasons_of_bad_requests(score: Client, gallery: str, photo: Photo) -> None:
+    blank = io.BytesIO()
+    Image.new("RGB", (320, 240), (128, 128, 128)).save(blank, "PNG")
+    req = score_pb2.EnrollRequest
+    assert (
+        reason(lambda: score.Enroll(req(gallery=gallery, subject_id="x", image=blank.getvalue())))
+        == "no_face"
+    )
+    assert (
+        reason(lambda: score.Enroll(req(gallery=gallery, subject_id="x", image=photo("t1.jpg"))))
+        == "multiple_faces"
+    )
+    largest = score.Enroll(
+        req(
+            gallery=gallery,
+            subject_id="x",
+            image=photo("t1.jpg"),
+            face_selection=score_pb2.FACE_SELECTION_LARGEST,
+        )
+    )
+    assert largest.created
+    gates = score_pb2.QualityGates(min_face_size=5000)
+    with pytest.raises(grpc.RpcError) as raised:
+        score.Enroll(req(gallery=gallery, subject_id="x", image=photo("yaoming.jpg"), gates=gates))
+    assert reason_of(raised.value) == "face_quality_too_low"
+    assert "min_face_size" in (raised.value.details() or "")
+    assert (
+        reason(lambda: score.Enroll(req(gallery=gallery, subject_id="x", image=b"")))
+        == "empty_image"
+    )
+    assert (
+        reason(
+            lambda: score.Enroll(req(gallery=gallery, subject_id="x", image=photo("t1.jpg")[:5000]))
+        )
+        == "corrupt_image"
+    )
+    assert (
+        reason(
+            lambda: score.Enroll(
+                req(
+                    gallery=gallery,
+                    subject_id="x",
+                    image=photo("yaoming.jpg"),
+                    metadata_json="[1, 2]",
+                )
+            )
+        )
+        == "invalid_metadata"
+    )
+    assert (
+        reason(
+            lambda: score.Enroll(
+                req(
+                    gallery=gallery,
+                    subject_id="x",
+                    image=photo("yaoming.jpg"),
+                    metadata_json='{"a": "' + "x" * 5000 + '"}',
+                )
+            )
+        )
+        == "invalid_metadata"
+    )
+    assert (
+        reason(
+            lambda: score.Enroll(
+                req(gallery="no such/gallery", subject_id="x", image=photo("yaoming.jpg"))
+            )
+        )
+        == "invalid_argument"
+    )
+    assert (
+        reason(
+            lambda: score.Enroll(req(gallery=gallery, subject_id="", image=photo("yaoming.jpg")))
+        )
+        == "invalid_argument"
+    )
+    assert (
+        reason(
+            lambda: score.Enroll(req(gallery="missing", subject_id="x", image=photo("yaoming.jpg")))
+        )
+        == "gallery_not_found"
+    )
+    assert (
+        reason(
+            lambda: score.Identify(
+                score_pb2.IdentifyRequest(gallery="missing", image=photo("yaoming.jpg"))
+            )
+        )
+        == "gallery_not_found"
+    )
+    assert (
+        reason(lambda: score.CreateGallery(score_pb2.CreateGalleryRequest(name=gallery)))
+        == "gallery_exists"
+    )
+    assert (
+        reason(
+            lambda: score.GetSubject(
+                score_pb2.GetSubjectRequest(gallery=gallery, subject_id="nobody")
+            )
+        )
+        == "subject_not_found"
+    )
+    assert (
+        reason(
+            lambda: score.Verify(
+                score_pb2.VerifyRequest(
+                    image=photo("yaoming.jpg"),
+                    subject=score_pb2.SubjectRef(gallery=gallery, subject_id="nobody"),
+                )
+            )
+        )
+        == "subject_not_found"
+    )
+    assert (
+        reason(
+            lambda: score.Verify(
+                score_pb2.VerifyRequest(image=photo("yaoming.jpg"), other_image=blank.getvalue())
+            )
+        )
+        == "no_face"
+    )
+    assert (
+        reason(lambda: score.Verify(score_pb2.VerifyRequest(image=photo("yaoming.jpg"))))
+        == "invalid_argument"
+    )
+    assert (
+        reason(
+            lambda: score.Identify(
+                score_pb2.IdentifyRequest(gallery=gallery, image=photo("yaoming.jpg"), threshold=2)
+            )
+        )
+        == "invalid_argument"
+    )
+    assert (
+        reason(
+            lambda: score.DeleteFace(
+                score_pb2.DeleteFaceRequest(gallery=gallery, face_id="not-a-uuid")
+            )
+        )
+        == "face_not_found"
+    )
+    assert (
+        reason(
+            lambda: score.ListSubjects(
+                score_pb2.ListSubjectsRequest(gallery=gallery, page_size=5000)
+            )
+        )
+        == "invalid_argument"
+    )
+
+
+def test_request_id_travels_to_detect_and_embed(
+    score: Client, detect_service: ServiceProcess, embed_service: ServiceProcess, photo: Photo
+) -> None:
+    score.Analyze(
+        score_pb2.AnalyzeRequest(image=jpeg_variant(photo("yaoming.jpg"), 51)),
+        metadata=(("x-request-id", "rid-score-42"),),
+    )
+    time.sleep(0.2)
+    for service in (detect_service, embed_service):
+        assert '"request_id": "rid-score-42"' in service.logs(), service.name
+
+
+def test_gallery_survives_a_restart(
+    start_service: StartService,
+    detect_service: ServiceProcess,
+    embed_service: ServiceProcess,
+    tmp_path: Path,
+    photo: Photo,
+) -> None:
+    env = score_env(detect_service, embed_service, tmp_path, None)
+    service = start_service("score", **env)
+    client = Client(service)
+    client.CreateGallery(score_pb2.CreateGalleryRequest(name="kept"))
+    face = enroll(client, "kept", "yao", photo("yaoming.jpg"), metadata_json='{"n": 1}')
+    assert service.stop() == 0
+    service.start()
+    service.wait_serving()
+    client = Client(service)
+    subject = client.GetSubject(score_pb2.GetSubjectRequest(gallery="kept", subject_id="yao"))
+    assert list(subject.face_ids) == [face.face_id] and subject.metadata_json == '{"n":1}'
+    reply = client.Identify(score_pb2.IdentifyRequest(gallery="kept", image=photo("players.jpg")))
+    assert [f.subject_id for f in reply.faces if not f.unknown] == ["yao"]
+
+
+def test_a_collection_of_another_dimension_stops_startup(
+    start_service: StartService,
+    detect_service: ServiceProcess,
+    embed_service: ServiceProcess,
+    tmp_path: Path,
+) -> None:
+    from qdrant_client import QdrantClient, models
+
+    from facescore.v1 import common_pb2, embed_pb2_grpc
+
+    with grpc.insecure_channel(embed_service.address) as channel:
+        info = embed_pb2_grpc.EmbedServiceStub(channel).GetModelInfo(
+            common_pb2.GetModelInfoRequest(), timeout=5
+        )
+    client = QdrantClient(path=str(tmp_path / "qdrant"))
+    client.create_collection(
+        f"faces_{info.name}_{info.sha256[:12]}",
+        vectors_config=models.VectorParams(size=128, distance=models.Distance.COSINE),
+    )
+    client.close()
+    service = start_service(
+        "score", wait=False, **score_env(detect_service, embed_service, tmp_path, None)
+    )
+    assert service.process is not None
+    assert service.process.wait(60) == 1
+    assert "embedding_model_mismatch" in service.logs()
+    assert "dimension 128, the model gives 512" in service.logs()
+
+
+def test_redis_outage_keeps_answers_flowing(
+    start_service: StartService,
+    detect_service: ServiceProcess,
+    embed_service: ServiceProcess,
+    redis_server: object,
+    tmp_path: Path,
+    photo: Photo,
+) -> None:
+    service = start_service(
+        "score",
+        **score_env(detect_service, embed_service, tmp_path, redis_server.url),  # type: ignore[attr-defined]
+    )
+    client = Client(service)
+    analyze = lambda image: client.Analyze(score_pb2.AnalyzeRequest(image=image))  # noqa: E731
+    warm = jpeg_variant(photo("yaoming.jpg"), 52)
+    analyze(warm)
+    assert analyze(warm).cached
+    redis_server.kill()  # type: ignore[attr-defined]
+    for quality in range(60, 70):
+        started = time.monotonic()
+        reply = analyze(jpeg_variant(photo("yaoming.jpg"), quality))
+        assert len(reply.faces) == 1 and not reply.cached
+        assert time.monotonic() - started < 2
+    redis_server.start()  # type: ignore[attr-defined]
+    fresh = jpeg_variant(photo("yaoming.jpg"), 53)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        analyze(fresh)
+        if analyze(fresh).cached:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("caching did not resume after redis came back")
+
+
+def test_embed_outage_fails_fast_then_recovers(
+    start_service: StartService,
+    detect_service: ServiceProcess,
+    tmp_path: Path,
+    photo: Photo,
+) -> None:
+    embed = start_service("embed")
+    service = start_service("score", **score_env(detect_service, embed, tmp_path, None))
+    client = Client(service)
+    assert embed.stop() == 0
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as raised:
+        client.Analyze(
+            score_pb2.AnalyzeRequest(image=jpeg_variant(photo("gdp.jpg"), 61)), timeout=5
+        )
+    assert reason_of(raised.value) == "dependency_unavailable"
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "embed" in (raised.value.details() or "")
+    assert time.monotonic() - started < 5
+    embed.start()
+    embed.wait_serving()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            reply = client.Analyze(
+                score_pb2.AnalyzeRequest(image=jpeg_variant(photo("gdp.jpg"), 62)), timeout=5
+            )
+            break
+        except grpc.RpcError:
+            assert time.monotonic() < deadline, "score did not recover after embed came back"
+            time.sleep(0.2)
+    assert len(reply.faces) == 5
