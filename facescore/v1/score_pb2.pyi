@@ -187,12 +187,17 @@ class EnrollRequest(_message.Message):
     METADATA_JSON_FIELD_NUMBER: _builtins.int
     FACE_SELECTION_FIELD_NUMBER: _builtins.int
     GATES_FIELD_NUMBER: _builtins.int
+    FACE_INDEX_FIELD_NUMBER: _builtins.int
     gallery: _builtins.str
     subject_id: _builtins.str
     image: _builtins.bytes
     metadata_json: _builtins.str
     """A JSON object stored with the face and the subject (size-limited)."""
     face_selection: Global___FaceSelection.ValueType
+    face_index: _builtins.int
+    """Enroll this face of the photo (AnalyzedFace.index, largest first) instead of
+    applying face_selection.
+    """
     @_builtins.property
     def gates(self) -> Global___QualityGates: ...
     def __init__(
@@ -204,12 +209,15 @@ class EnrollRequest(_message.Message):
         metadata_json: _builtins.str = ...,
         face_selection: Global___FaceSelection.ValueType = ...,
         gates: Global___QualityGates | None = ...,
+        face_index: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["gates", b"gates"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_face_index", b"_face_index", "face_index", b"face_index", "gates", b"gates"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["face_selection", b"face_selection", "gallery", b"gallery", "gates", b"gates", "image", b"image", "metadata_json", b"metadata_json", "subject_id", b"subject_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_face_index", b"_face_index", "face_index", b"face_index", "face_selection", b"face_selection", "gallery", b"gallery", "gates", b"gates", "image", b"image", "metadata_json", b"metadata_json", "subject_id", b"subject_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__face_index: _TypeAlias = _typing.Literal["face_index"]  # noqa: Y015
+    _WhichOneofArgType__face_index: _TypeAlias = _typing.Literal["_face_index", b"_face_index"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__face_index) -> _WhichOneofReturnType__face_index | None: ...
 
 Global___EnrollRequest: _TypeAlias = EnrollRequest  # noqa: Y015
 
@@ -814,3 +822,68 @@ class ServiceInfo(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ServiceInfo: _TypeAlias = ServiceInfo  # noqa: Y015
+
+@_typing.final
+class GetHealthRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHealthRequest: _TypeAlias = GetHealthRequest  # noqa: Y015
+
+@_typing.final
+class DependencyHealth(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    OK_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"score", "detect", "embed", "qdrant" or "cache"."""
+    ok: _builtins.bool
+    detail: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        ok: _builtins.bool = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "name", b"name", "ok", b"ok"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DependencyHealth: _TypeAlias = DependencyHealth  # noqa: Y015
+
+@_typing.final
+class HealthReport(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OK_FIELD_NUMBER: _builtins.int
+    DEPENDENCIES_FIELD_NUMBER: _builtins.int
+    ok: _builtins.bool
+    """Every dependency needed to answer is ok (a down cache only slows answers down)."""
+    @_builtins.property
+    def dependencies(self) -> _containers.RepeatedCompositeFieldContainer[Global___DependencyHealth]: ...
+    def __init__(
+        self,
+        *,
+        ok: _builtins.bool = ...,
+        dependencies: _abc.Iterable[Global___DependencyHealth] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dependencies", b"dependencies", "ok", b"ok"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HealthReport: _TypeAlias = HealthReport  # noqa: Y015

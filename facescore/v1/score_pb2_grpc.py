@@ -97,6 +97,11 @@ class ScoreServiceStub:
                 request_serializer=facescore_dot_v1_dot_score__pb2.GetServiceInfoRequest.SerializeToString,
                 response_deserializer=facescore_dot_v1_dot_score__pb2.ServiceInfo.FromString,
                 _registered_method=True)
+        self.GetHealth = channel.unary_unary(
+                '/facescore.v1.ScoreService/GetHealth',
+                request_serializer=facescore_dot_v1_dot_score__pb2.GetHealthRequest.SerializeToString,
+                response_deserializer=facescore_dot_v1_dot_score__pb2.HealthReport.FromString,
+                _registered_method=True)
 
 
 class ScoreServiceServicer:
@@ -183,6 +188,13 @@ class ScoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetHealth(self, request, context):
+        """The state of score and everything it depends on: detect, embed, qdrant, cache.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ScoreServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -245,6 +257,11 @@ def add_ScoreServiceServicer_to_server(servicer, server):
                     servicer.GetServiceInfo,
                     request_deserializer=facescore_dot_v1_dot_score__pb2.GetServiceInfoRequest.FromString,
                     response_serializer=facescore_dot_v1_dot_score__pb2.ServiceInfo.SerializeToString,
+            ),
+            'GetHealth': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHealth,
+                    request_deserializer=facescore_dot_v1_dot_score__pb2.GetHealthRequest.FromString,
+                    response_serializer=facescore_dot_v1_dot_score__pb2.HealthReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -574,6 +591,33 @@ class ScoreService:
             '/facescore.v1.ScoreService/GetServiceInfo',
             facescore_dot_v1_dot_score__pb2.GetServiceInfoRequest.SerializeToString,
             facescore_dot_v1_dot_score__pb2.ServiceInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHealth(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facescore.v1.ScoreService/GetHealth',
+            facescore_dot_v1_dot_score__pb2.GetHealthRequest.SerializeToString,
+            facescore_dot_v1_dot_score__pb2.HealthReport.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,8 @@ class ScoreServiceStub:
     DeleteFace: _grpc.UnaryUnaryMultiCallable[_score_pb2.DeleteFaceRequest, _score_pb2.DeleteFaceResponse]
     GetServiceInfo: _grpc.UnaryUnaryMultiCallable[_score_pb2.GetServiceInfoRequest, _score_pb2.ServiceInfo]
     """Models in use, the collection, and the default decision threshold."""
+    GetHealth: _grpc.UnaryUnaryMultiCallable[_score_pb2.GetHealthRequest, _score_pb2.HealthReport]
+    """The state of score and everything it depends on: detect, embed, qdrant, cache."""
 
 @_typing.type_check_only
 class ScoreServiceAsyncStub(ScoreServiceStub):
@@ -81,6 +83,8 @@ class ScoreServiceAsyncStub(ScoreServiceStub):
     DeleteFace: _aio.UnaryUnaryMultiCallable[_score_pb2.DeleteFaceRequest, _score_pb2.DeleteFaceResponse]  # type: ignore[assignment]
     GetServiceInfo: _aio.UnaryUnaryMultiCallable[_score_pb2.GetServiceInfoRequest, _score_pb2.ServiceInfo]  # type: ignore[assignment]
     """Models in use, the collection, and the default decision threshold."""
+    GetHealth: _aio.UnaryUnaryMultiCallable[_score_pb2.GetHealthRequest, _score_pb2.HealthReport]  # type: ignore[assignment]
+    """The state of score and everything it depends on: detect, embed, qdrant, cache."""
 
 class ScoreServiceServicer(metaclass=_abc_1.ABCMeta):
     """facescore's use cases: analyze photos, enroll faces into galleries, identify (1:N),
@@ -177,5 +181,13 @@ class ScoreServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_score_pb2.ServiceInfo, _abc.Awaitable[_score_pb2.ServiceInfo]]:
         """Models in use, the collection, and the default decision threshold."""
+
+    @_abc_1.abstractmethod
+    def GetHealth(
+        self,
+        request: _score_pb2.GetHealthRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_score_pb2.HealthReport, _abc.Awaitable[_score_pb2.HealthReport]]:
+        """The state of score and everything it depends on: detect, embed, qdrant, cache."""
 
 def add_ScoreServiceServicer_to_server(servicer: ScoreServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -19,6 +19,7 @@ def pose_from_landmarks(landmarks: np.ndarray) -> tuple[float, float, float]:
 
     A coarse geometric estimate (no 3D model): roll from the eye line, yaw from where
     the nose sits between the eyes, pitch from where it sits between eyes and mouth.
+    Good enough to gate enrollment on frontal faces; not a pose estimator.
     """
     left_eye, right_eye, nose, mouth_left, mouth_right = landmarks.astype(np.float64)
     dx, dy = right_eye - left_eye
@@ -30,7 +31,9 @@ def pose_from_landmarks(landmarks: np.ndarray) -> tuple[float, float, float]:
     to_left, to_right = no[0] - le[0], re[0] - no[0]
     span = to_left + to_right
     yaw_ratio = (to_left - to_right) / span if abs(span) > 1e-6 else 0.0
-    yaw = math.degrees(math.asin(float(np.clip(yaw_ratio, -1.0, 1.0))))
+    # Turning the head by yaw moves the nose tip by depth*sin(yaw) and the eyes by
+    # half-span*cos(yaw); with nose depth about half the eye span, the ratio is tan(yaw).
+    yaw = math.degrees(math.atan(yaw_ratio))
     eye_y, mouth_y = (le[1] + re[1]) / 2, (ml[1] + mr[1]) / 2
     height = mouth_y - eye_y
     nose_ratio = (no[1] - eye_y) / height if abs(height) > 1e-6 else _FRONTAL_NOSE_RATIO

@@ -6,6 +6,7 @@ import json
 import time
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from facescore.v1 import common_pb2, detect_pb2, detect_pb2_grpc, embed_pb2, embed_pb2_grpc
 from services.common.errors import FaceScoreError, Reason, reason_of
@@ -123,3 +124,16 @@ class InferenceClient:
         except grpc.aio.AioRpcError as error:
             raise dependency_error("embed", error) from None
         return detector, recognizer
+
+    async def health(self, timeout: float) -> dict[str, str]:
+        """grpc.health.v1 status name of detect and embed (UNREACHABLE when down)."""
+        result = {}
+        for name, channel in (("detect", self._detect_channel), ("embed", self._embed_channel)):
+            try:
+                reply = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=timeout
+                )
+                result[name] = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.aio.AioRpcError as error:
+                result[name] = f"UNREACHABLE ({error.code().name})"
+        return result

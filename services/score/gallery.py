@@ -218,6 +218,10 @@ class GalleryStore:
         )
         await self._create_indexes(self.registry, {"kind": False, "gallery": False})
 
+    async def ping(self) -> None:
+        async with self._qdrant():
+            await self.client.collection_exists(self.collection)
+
     # Galleries.
 
     async def create_gallery(self, name: str) -> GalleryRecord:

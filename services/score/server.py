@@ -126,7 +126,17 @@ class ScoreService(score_pb2_grpc.ScoreServiceServicer):
         analysis = await analyzer.analyze(request.image, self._deadline(context))
         if not analysis.faces:
             raise FaceScoreError(Reason.NO_FACE, "no face found in the photo")
-        if (
+        index = 0
+        if request.HasField("face_index"):
+            index = request.face_index
+            if not 0 <= index < len(analysis.faces):
+                raise FaceScoreError(
+                    Reason.INVALID_ARGUMENT,
+                    f"face_index {index} is out of range: the photo holds "
+                    f"{len(analysis.faces)} face(s)",
+                    metadata={"field": "face_index", "faces": str(len(analysis.faces))},
+                )
+        elif (
             request.face_selection == score_pb2.FACE_SELECTION_REQUIRE_SINGLE
             and len(analysis.faces) > 1
         ):
@@ -136,9 +146,9 @@ class ScoreService(score_pb2_grpc.ScoreServiceServicer):
                 "choose FACE_SELECTION_LARGEST",
                 metadata={"faces": str(len(analysis.faces))},
             )
-        face = analysis.faces[0]
+        face = analysis.faces[index]
         validation.check_gates(face.quality, face.score, request.gates, self.settings)
-        point_id = face_id(gallery, subject, analysis.image.sha256, 0)
+        point_id = face_id(gallery, subject, analysis.image.sha256, index)
         created = not await store.face_exists(point_id)
         payload = {
             "gallery": gallery,
@@ -147,7 +157,7 @@ class ScoreService(score_pb2_grpc.ScoreServiceServicer):
             "model_name": store.identity.name,
             "model_sha256": store.identity.sha256,
             "image_sha256": analysis.image.sha256,
-            "face_index": 0,
+            "face_index": index,
             "box": [face.box.x1, face.box.y1, face.box.x2, face.box.y2],
             "detection_score": face.score,
             "quality": {
@@ -162,7 +172,7 @@ class ScoreService(score_pb2_grpc.ScoreServiceServicer):
             "created": now_ms(),
             "metadata_json": metadata,
         }
-        await store.add_face(point_id, analysis.embeddings[0].tolist(), payload)
+        await store.add_face(point_id, analysis.embeddings[index].tolist(), payload)
         try:
             await store.save_subject(gallery, subject, metadata)
         except FaceScoreError:
@@ -171,7 +181,7 @@ class ScoreService(score_pb2_grpc.ScoreServiceServicer):
             raise
         log.info("enrolled", gallery=gallery, subject_id=subject, face_id=point_id, created=created)
         return score_pb2.EnrollResponse(
-            face_id=point_id, face=analysis.face(0), created=created, image=analysis.image
+            face_id=point_id, face=analysis.face(index), created=created, image=analysis.image
         )
 
     async def Identify(
@@ -368,6 +378,31 @@ class ScoreService(score_pb2_grpc.ScoreServiceServicer):
             collection=store.collection,
             default_threshold=self.settings.threshold,
         )
+
+    async def GetHealth(
+        self, request: score_pb2.GetHealthRequest, context: grpc.aio.ServicerContext
+    ) -> score_pb2.HealthReport:
+        report = score_pb2.HealthReport()
+        ready = self._store is not None and self._analyzer is not None
+        report.dependencies.add(name="score", ok=ready, detail="SERVING" if ready else "STARTING")
+        if self._inference is not None:
+            for name, status in (await self._inference.health(timeout=1.0)).items():
+                report.dependencies.add(name=name, ok=status == "SERVING", detail=status)
+        if self._store is not None:
+            try:
+                await self._store.ping()
+                report.dependencies.add(name="qdrant", ok=True, detail=self._store.mode)
+            except FaceScoreError as error:
+                report.dependencies.add(name="qdrant", ok=False, detail=error.message)
+        cache = self.cache.status()
+        report.dependencies.add(
+            name="cache",
+            ok=bool(cache.get("up")) or cache.get("kind") == "off",
+            detail=str(cache.get("kind")),
+        )
+        needed = {"score", "detect", "embed", "qdrant"}
+        report.ok = ready and all(d.ok for d in report.dependencies if d.name in needed)
+        return report
 
 
 def _largest(analysis: Analysis, field: str) -> tuple[score_pb2.AnalyzedFace, np.ndarray]:

@@ -546,3 +546,24 @@ def test_embed_outage_fails_fast_then_recovers(
             assert time.monotonic() < deadline, "score did not recover after embed came back"
             time.sleep(0.2)
     assert len(reply.faces) == 5
+
+
+def test_enroll_a_chosen_face(score: Client, gallery: str, photo: Photo) -> None:
+    analysis = score.Analyze(score_pb2.AnalyzeRequest(image=photo("t1.jpg")))
+    chosen = enroll(score, gallery, "third", photo("t1.jpg"), face_index=2)
+    assert chosen.face.index == 2 and chosen.face.box == analysis.faces[2].box
+    other = enroll(score, gallery, "first", photo("t1.jpg"), face_index=0)
+    assert other.face_id != chosen.face_id
+    with pytest.raises(grpc.RpcError) as raised:
+        enroll(score, gallery, "x", photo("t1.jpg"), face_index=6)
+    assert reason_of(raised.value) == "invalid_argument"
+    assert "face_index" in (raised.value.details() or "")
+    reply = score.Identify(score_pb2.IdentifyRequest(gallery=gallery, image=photo("t1.jpg")))
+    assert [f.subject_id for f in reply.faces][:3] == ["first", "", "third"]
+
+
+def test_health_report_names_every_dependency(score: Client) -> None:
+    report = score.GetHealth(score_pb2.GetHealthRequest())
+    states = {d.name: d.ok for d in report.dependencies}
+    assert report.ok
+    assert states == {"score": True, "detect": True, "embed": True, "qdrant": True, "cache": True}

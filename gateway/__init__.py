@@ -1,0 +1,1 @@
+"""REST gateway: FastAPI over the score service, and the static web page."""
