@@ -3,7 +3,7 @@
 ORT ?= cpu
 UV ?= uv
 RUN = $(UV) run --no-sync
-SRC = services tests benchmarks
+SRC = services gateway tests benchmarks
 
 .PHONY: all sync system-deps proto models run test lint bench-inference bench-score clean
 
@@ -32,7 +32,7 @@ test: models system-deps
 lint: sync
 	$(RUN) ruff check $(SRC)
 	$(RUN) ruff format --check $(SRC)
-	$(RUN) mypy services
+	$(RUN) mypy services gateway
 
 bench-inference: models
 	$(RUN) python benchmarks/bench_inference.py

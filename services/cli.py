@@ -17,9 +17,13 @@ def _serve(args: argparse.Namespace) -> int:
         from services.embed.server import main as embed_main
 
         return embed_main()
-    from services.score.server import main as score_main
+    if args.service == "score":
+        from services.score.server import main as score_main
 
-    return score_main()
+        return score_main()
+    from gateway.server import main as gateway_main
+
+    return gateway_main()
 
 
 def _models_fetch(args: argparse.Namespace) -> int:
@@ -53,7 +57,12 @@ def _watch(args: argparse.Namespace) -> int:
     for name, settings in stack:
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
         services[name] = f"{host}:{settings.port}"
-    return watch(services)
+    from gateway.settings import GatewaySettings
+
+    gateway = GatewaySettings()
+    page = args.page_url or f"http://127.0.0.1:{gateway.port}/"
+    services["gateway"] = f"http://127.0.0.1:{gateway.port}/api/health"
+    return watch(services, page)
 
 
 def _calibrate(args: argparse.Namespace) -> int:
@@ -87,14 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run one gRPC service (settings from the environment)")
-    serve.add_argument("service", choices=["detect", "embed", "score"])
+    serve.add_argument("service", choices=["detect", "embed", "score", "gateway"])
     serve.set_defaults(func=_serve)
 
-    check = sub.add_parser("healthcheck", help="exit 0 when the gRPC service at ADDRESS serves")
-    check.add_argument("address", help="host:port")
+    check = sub.add_parser("healthcheck", help="exit 0 when the service at TARGET serves")
+    check.add_argument("address", help="host:port (gRPC health) or an http(s) URL (200 = ok)")
     check.set_defaults(func=_healthcheck)
 
     watch = sub.add_parser("watch", help="wait for the local stack, print its addresses, watch it")
+    watch.add_argument("--page-url", help="the URL to print for the web page")
     watch.set_defaults(func=_watch)
 
     calibrate = sub.add_parser(

@@ -25,21 +25,37 @@ async def grpc_status(address: str, timeout: float = 2.0) -> str:
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
 
+async def http_status(url: str, timeout: float = 2.0) -> str:
+    """SERVING when `url` answers 200, else what went wrong."""
+    import httpx
+
+    try:
+        async with httpx.AsyncClient(timeout=timeout) as client:
+            reply = await client.get(url)
+    except httpx.HTTPError:
+        return "UNREACHABLE"
+    return "SERVING" if reply.status_code == 200 else f"HTTP {reply.status_code}"
+
+
+async def status_of(target: str) -> str:
+    return await (http_status(target) if target.startswith("http") else grpc_status(target))
+
+
 def healthcheck(address: str) -> int:
     """Exit code 0 when the service is SERVING, 1 otherwise."""
-    status = asyncio.run(grpc_status(address))
+    status = asyncio.run(status_of(address))
     print(f"{address} {status}")
     return 0 if status == "SERVING" else 1
 
 
-async def _watch(services: dict[str, str], interval: float) -> None:
+async def _watch(services: dict[str, str], interval: float, page_url: str | None) -> None:
     console = Console(stderr=False)
     last: dict[str, str] = {}
     started = time.monotonic()
     announced = False
     while True:
         statuses = dict(
-            zip(services, await asyncio.gather(*map(grpc_status, services.values())), strict=True)
+            zip(services, await asyncio.gather(*map(status_of, services.values())), strict=True)
         )
         for name, status in statuses.items():
             if announced and status != last.get(name):
@@ -49,12 +65,15 @@ async def _watch(services: dict[str, str], interval: float) -> None:
             announced = True
             console.print(f"[bold green]facescore is ready[/] in {time.monotonic() - started:.1f}s")
             for name, address in services.items():
-                console.print(f"  {name:8} grpc://{address}")
+                shown = address if address.startswith("http") else f"grpc://{address}"
+                console.print(f"  {name:8} {shown}")
+            if page_url:
+                console.print(f"\n  Open [bold]{page_url}[/] in a browser.")
         await asyncio.sleep(interval)
 
 
-def watch(services: dict[str, str], interval: float = 2.0) -> int:
+def watch(services: dict[str, str], page_url: str | None = None, interval: float = 2.0) -> int:
     """Wait until every service serves, print their addresses, then report changes."""
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_watch(services, interval))
+        asyncio.run(_watch(services, interval, page_url))
     return 0

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic_settings import BaseSettings
 
+from gateway.settings import GatewaySettings
 from services.common.settings import REPO_ROOT
 from services.detect.settings import DetectSettings
 from services.embed.settings import EmbedSettings
@@ -15,6 +16,7 @@ SERVICES: tuple[tuple[str, type[BaseSettings]], ...] = (
     ("detect service", DetectSettings),
     ("embed service", EmbedSettings),
     ("score service", ScoreSettings),
+    ("REST gateway", GatewaySettings),
 )
 
 

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +63,19 @@ class ServiceProcess:
             stderr=subprocess.STDOUT,
         )
 
+    @property
+    def url(self) -> str:
+        """Base URL of an HTTP service (the gateway)."""
+        return f"http://127.0.0.1:{self.port}"
+
     def health(self, timeout: float = 1.0) -> int:
+        if self.name == "gateway":
+            try:
+                with urllib.request.urlopen(self.url + "/api/health", timeout=timeout) as reply:
+                    ok = reply.status == 200
+            except OSError:
+                ok = False
+            return health_pb2.HealthCheckResponse.SERVING if ok else -1
         with grpc.insecure_channel(self.address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             try:
@@ -133,3 +146,27 @@ def photo() -> object:
         return vectron_file(name).read_bytes()
 
     return read
+
+
+@pytest.fixture(scope="session")
+def score_for_gateway(
+    start_service,  # type: ignore[no-untyped-def]
+    detect_service: ServiceProcess,
+    embed_service: ServiceProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> ServiceProcess:
+    """A score service of its own (embedded Qdrant, in-process cache) behind the gateway."""
+    return start_service(  # type: ignore[no-any-return]
+        "score",
+        SCORE_DETECT_TARGET=f"dns:///{detect_service.address}",
+        SCORE_EMBED_TARGET=f"dns:///{embed_service.address}",
+        SCORE_DATA_DIR=str(tmp_path_factory.mktemp("gateway-score-data")),
+    )
+
+
+@pytest.fixture(scope="session")
+def gateway_service(start_service, score_for_gateway: ServiceProcess) -> ServiceProcess:  # type: ignore[no-untyped-def]
+    """The whole stack: detect, embed, score and the REST gateway, auth off."""
+    return start_service(  # type: ignore[no-any-return]
+        "gateway", GATEWAY_SCORE_TARGET=f"dns:///{score_for_gateway.address}"
+    )

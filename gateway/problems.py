@@ -1,0 +1,136 @@
+"""Errors as application/problem+json (RFC 9457) with a stable `code`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.common.errors import error_info
+
+PROBLEM_TYPE = "https://facescore.dev/problems/"
+
+# HTTP status of every reason a service can give; a user's mistake never maps to a 5xx.
+STATUS_OF_REASON = {
+    "empty_image": 400,
+    "corrupt_image": 400,
+    "image_too_many_pixels": 400,
+    "invalid_argument": 400,
+    "invalid_crop": 400,
+    "too_many_crops": 400,
+    "invalid_metadata": 400,
+    "no_face": 400,
+    "multiple_faces": 400,
+    "face_quality_too_low": 400,
+    "gallery_not_found": 404,
+    "subject_not_found": 404,
+    "face_not_found": 404,
+    "gallery_exists": 409,
+    "image_too_large": 413,
+    "unsupported_image_format": 415,
+    "dependency_unavailable": 503,
+    "not_ready": 503,
+    "queue_full": 503,
+    "deadline_exceeded": 504,
+    "embedding_model_mismatch": 500,
+    "internal": 500,
+}
+
+TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Payload too large",
+    415: "Unsupported media type",
+    422: "Unprocessable content",
+    500: "Internal error",
+    503: "Service unavailable",
+    504: "Gateway timeout",
+}
+
+
+class Problem(Exception):
+    """An error answered as problem+json."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        extras: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.extras = extras or {}
+        self.headers = headers or {}
+
+
+def problem_response(problem: Problem, instance: str | None = None) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE + problem.code,
+        "title": TITLES.get(problem.status, "Error"),
+        "status": problem.status,
+        "detail": problem.detail,
+        "code": problem.code,
+        **problem.extras,
+    }
+    if instance:
+        body["instance"] = instance
+    return JSONResponse(
+        body,
+        status_code=problem.status,
+        media_type="application/problem+json",
+        headers=problem.headers,
+    )
+
+
+def from_rpc_error(error: grpc.aio.AioRpcError, retry_after_s: int) -> Problem:
+    """A failed score call as the problem our caller gets."""
+    info = error_info(error)
+    detail = error.details() or error.code().name
+    if info is None:
+        # No reason: the call never reached score's logic (score down, deadline, transport).
+        if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return Problem(504, "deadline_exceeded", "the request took too long")
+        return Problem(
+            503,
+            "dependency_unavailable",
+            f"the score service is unavailable: {detail}",
+            {"dependency": "score"},
+            {"Retry-After": str(retry_after_s)},
+        )
+    status = STATUS_OF_REASON.get(info.reason, 500)
+    headers = {"Retry-After": str(retry_after_s)} if status == 503 else {}
+    return Problem(status, info.reason, detail, dict(info.metadata), headers)
+
+
+async def handle_problem(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Problem)
+    return problem_response(exc, request.url.path)
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    problem = Problem(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {}))
+    return problem_response(problem, request.url.path)
+
+
+async def handle_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}
+        for e in exc.errors()
+    ]
+    problem = Problem(422, "validation_error", "the request is not valid", {"errors": errors})
+    return problem_response(problem, request.url.path)
