@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Installs the system programs the tests start themselves (redis-server), when missing.
+# Installs the system programs the tests start themselves, when missing: redis-server,
+# nginx, and Chromium for the headless-browser test (Playwright drives the system browser).
 # As root it uses apt-get; otherwise it says what to install and fails: never a silent skip.
 set -euo pipefail
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || missing+=(nginx)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing ${missing[*]}"

@@ -89,6 +89,15 @@ def _settings(args: argparse.Namespace) -> int:
     return 0
 
 
+def _apikey(args: argparse.Namespace) -> int:
+    from gateway.auth import new_key_entry
+
+    key, entry = new_key_entry(args.name, args.scopes.split(","))
+    print(f"key (give it to the client; it is not stored): {key}")
+    print(f"entry (add to GATEWAY_API_KEYS or GATEWAY_API_KEYS_FILE): {entry}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from services.common.settings import DEFAULT_MODEL_DIR
 
@@ -136,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     calibrate.add_argument("--json", action="store_true", help="print the figures as JSON")
     calibrate.set_defaults(func=_calibrate)
+
+    apikey = sub.add_parser("apikey", help="make a new gateway API key and its hashed entry")
+    apikey.add_argument("name")
+    apikey.add_argument("--scopes", default="read", help="comma-separated: read,write,admin")
+    apikey.set_defaults(func=_apikey)
 
     settings = sub.add_parser(
         "settings", help="print every setting with its default (.env.example)"
