@@ -3,9 +3,15 @@
 ORT ?= cpu
 UV ?= uv
 RUN = $(UV) run --no-sync
-SRC = services gateway tests benchmarks
+SRC = services gateway nginx tests benchmarks
+NGINX ?= $(shell command -v nginx || echo /usr/sbin/nginx)
 
-.PHONY: all sync system-deps proto models run test lint bench-inference bench-score clean
+COMPOSE ?= docker compose
+BACKUPS ?= $(CURDIR)/backups
+STAMP := $(shell date -u +%Y%m%dT%H%M%SZ)
+
+.PHONY: all sync system-deps proto models run run-nginx test lint bench-inference bench-score \
+	up up-gpu down logs ps backup restore clean clean-dev
 
 all: test
 
@@ -24,7 +30,14 @@ proto: sync
 		--mypy_out=. --mypy_grpc_out=. protos/facescore/v1/*.proto
 
 run: models
-	$(RUN) honcho start -f Procfile
+	$(RUN) honcho start -f Procfile detect embed score gateway ready
+
+# The same stack behind a local nginx (page at http://127.0.0.1:8080/); nginx runs from data/nginx.
+run-nginx: models
+	mkdir -p data/nginx
+	$(RUN) python -m nginx.render --out data/nginx/nginx.conf --listen-address 127.0.0.1 \
+		--upstream 127.0.0.1:8000
+	NGINX_BIN=$(NGINX) $(RUN) honcho start -f Procfile detect embed score gateway nginx ready-nginx
 
 test: models system-deps
 	$(RUN) pytest
@@ -32,7 +45,7 @@ test: models system-deps
 lint: sync
 	$(RUN) ruff check $(SRC)
 	$(RUN) ruff format --check $(SRC)
-	$(RUN) mypy services gateway
+	$(RUN) mypy services gateway nginx
 
 bench-inference: models
 	$(RUN) python benchmarks/bench_inference.py
@@ -40,5 +53,36 @@ bench-inference: models
 bench-score: models
 	$(RUN) python benchmarks/bench_score.py
 
+# Operators: the compose deployment (docs/deploy.md). Settings come from .env.
+up: models
+	$(COMPOSE) up -d --build --wait
+
+up-gpu: models
+	$(COMPOSE) -f docker-compose.yml -f docker-compose.gpu.yml up -d --build --wait
+
+down:
+	$(COMPOSE) down
+
+logs:
+	$(COMPOSE) logs -f --tail=200
+
+ps:
+	$(COMPOSE) ps
+
+# A Qdrant snapshot (and the Redis cache keys) into backups/<UTC time>/, with sha256 manifest.
+backup:
+	mkdir -p $(BACKUPS)
+	$(COMPOSE) run --rm --no-deps -v "$(BACKUPS):/backups" score admin backup /backups/$(STAMP)
+
+# make restore FROM=<folder in backups/>: checksums are verified before anything is touched.
+restore:
+	@test -n "$(FROM)" || (echo "usage: make restore FROM=<folder in $(BACKUPS)>" >&2; exit 2)
+	$(COMPOSE) run --rm --no-deps -v "$(BACKUPS):/backups" score admin restore /backups/$(FROM) --yes
+
+# Removes the deployment's containers, networks and data volumes: make clean CONFIRM=yes.
 clean:
+	@test "$(CONFIRM)" = yes || (echo "this deletes the Qdrant and Redis volumes: make clean CONFIRM=yes" >&2; exit 2)
+	$(COMPOSE) down --volumes --remove-orphans
+
+clean-dev:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache

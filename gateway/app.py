@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.resources
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -17,7 +18,6 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import make_asgi_app
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from swagger_ui_bundle import swagger_ui_path
 
 from facescore.v1 import score_pb2, score_pb2_grpc
 from gateway import schemas
@@ -388,16 +388,18 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @app.get("/api/docs", include_in_schema=False)
     async def docs() -> Response:
-        # Swagger UI from the installed swagger-ui-bundle package: the docs work offline.
+        # Swagger UI 5 (it reads OpenAPI 3.1) from the installed fastapi-offline package:
+        # the docs work offline, with no CDN.
         return get_swagger_ui_html(
             openapi_url="/api/openapi.json",
             title="facescore API",
             swagger_js_url="/api/docs-static/swagger-ui-bundle.js",
             swagger_css_url="/api/docs-static/swagger-ui.css",
-            swagger_favicon_url="/api/docs-static/favicon-32x32.png",
+            swagger_favicon_url="/api/docs-static/favicon.png",
         )
 
-    app.mount("/api/docs-static", StaticFiles(directory=swagger_ui_path), name="docs-static")
+    docs_static = importlib.resources.files("fastapi_offline") / "static"
+    app.mount("/api/docs-static", StaticFiles(directory=str(docs_static)), name="docs-static")
     app.mount("/metrics", make_asgi_app())
     if settings.web_dir.is_dir():
         app.mount("/", StaticFiles(directory=settings.web_dir, html=True), name="web")

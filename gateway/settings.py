@@ -37,6 +37,11 @@ class GatewaySettings(BaseSettings):
     retry_after_s: int = Field(
         5, ge=1, description="Retry-After sent with 503 dependency_unavailable."
     )
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1",
+        description="Proxies trusted for X-Forwarded-For/Proto (comma-separated, * = any): "
+        "the nginx in front.",
+    )
     web_dir: Path = Field(WEB_DIR, description="Static files of the web page, served at /.")
     log_level: str = Field("info", description="Lowest level logged: debug, info, warning, error.")
     log_format: str = Field("json", description="json for machines, console for people.")

@@ -98,6 +98,57 @@ def _apikey(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score_address() -> str:
+    from services.score.settings import ScoreSettings
+
+    settings = ScoreSettings()
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return f"{host}:{settings.port}"
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    from services.admin.enroll import EnrollOptions, run
+
+    options = EnrollOptions(
+        target=args.target or _score_address(),
+        gallery=args.gallery,
+        concurrency=args.concurrency,
+        create_gallery=args.create_gallery,
+        face_selection=args.face_selection,
+        timeout_s=args.timeout,
+        retries=args.retries,
+    )
+    try:
+        return run(args.dir, options)
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def _admin_backup(args: argparse.Namespace) -> int:
+    from services.admin.backup import AdminError, backup
+    from services.score.settings import ScoreSettings
+
+    try:
+        backup(ScoreSettings(), args.dest, include_redis=not args.skip_redis)
+    except AdminError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _admin_restore(args: argparse.Namespace) -> int:
+    from services.admin.backup import AdminError, restore
+    from services.score.settings import ScoreSettings
+
+    try:
+        restore(ScoreSettings(), args.src, yes=args.yes)
+    except AdminError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from services.common.settings import DEFAULT_MODEL_DIR
 
@@ -150,6 +201,74 @@ def build_parser() -> argparse.ArgumentParser:
     apikey.add_argument("name")
     apikey.add_argument("--scopes", default="read", help="comma-separated: read,write,admin")
     apikey.set_defaults(func=_apikey)
+
+    enroll = sub.add_parser(
+        "enroll",
+        help="enroll a folder of photos (DIR/<subject>/<photos>) through the score service",
+        description="Enroll every photo under DIR/<subject>/ as a face of <subject> in GALLERY, "
+        "through the score gRPC API, a few calls at a time. Hidden entries and folders inside "
+        "subject folders are skipped. Enroll is idempotent: run it again to resume, photos "
+        "already enrolled are reported as already there. Exit status 0 when every photo is "
+        "enrolled, 1 when some failed (the summary groups them by reason), 2 on misuse.",
+    )
+    enroll.add_argument("dir", type=Path, help="folder with one folder of photos a subject")
+    enroll.add_argument("--gallery", required=True, help="gallery to enroll into")
+    enroll.add_argument(
+        "--target",
+        default=None,
+        help="score gRPC address host:port (default: 127.0.0.1:SCORE_PORT, i.e. :50053)",
+    )
+    enroll.add_argument(
+        "--concurrency", type=int, default=4, help="Enroll calls in flight (default 4)"
+    )
+    enroll.add_argument(
+        "--create-gallery", action="store_true", help="create the gallery when it is missing"
+    )
+    enroll.add_argument(
+        "--face-selection",
+        choices=["single", "largest"],
+        default="single",
+        help="single: a photo must hold one face (default); largest: take the largest face",
+    )
+    enroll.add_argument(
+        "--timeout", type=float, default=30.0, help="deadline of one call in seconds (default 30)"
+    )
+    enroll.add_argument(
+        "--retries",
+        type=int,
+        default=5,
+        help="retries of a call that met UNAVAILABLE or queue_full, with backoff (default 5)",
+    )
+    enroll.set_defaults(func=_enroll)
+
+    admin = sub.add_parser("admin", help="back up and restore the score service's data")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    backup = admin_sub.add_parser(
+        "backup",
+        help="write Qdrant's facescore data (and Redis's facescore keys) to the new folder DEST",
+        description="Embedded Qdrant (SCORE_QDRANT_URL unset): a copy of SCORE_DATA_DIR/qdrant; "
+        "the score service must be stopped. Qdrant server: a snapshot of every facescore "
+        "collection. With SCORE_REDIS_URL: the facescore:* keys. DEST gets a manifest.json with "
+        "the sha256 of every file; it appears only once complete.",
+    )
+    backup.add_argument("dest", type=Path, help="new folder for the backup")
+    backup.add_argument(
+        "--skip-redis", action="store_true", help="leave out Redis (the cache refills by itself)"
+    )
+    backup.set_defaults(func=_admin_backup)
+    restore = admin_sub.add_parser(
+        "restore",
+        help="restore a backup made by `facescore admin backup`",
+        description="Checks every file against the manifest first. Embedded: replaces "
+        "SCORE_DATA_DIR/qdrant (the score service must be stopped) and keeps the replaced data "
+        "as qdrant.before-restore-<time>. Server: uploads the snapshots, replacing those "
+        "collections. Refuses a target that already holds data unless --yes.",
+    )
+    restore.add_argument("src", type=Path, help="the backup folder")
+    restore.add_argument(
+        "--yes", action="store_true", help="replace data that the target already holds"
+    )
+    restore.set_defaults(func=_admin_restore)
 
     settings = sub.add_parser(
         "settings", help="print every setting with its default (.env.example)"

@@ -105,13 +105,21 @@ def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
+# Clients re-resolve DNS only when a connection closes: closing each connection after a while
+# lets round_robin clients find replicas added since (scale-out, autoscaling).
+SERVER_CONNECTION_OPTIONS = [
+    ("grpc.max_connection_age_ms", 30_000),
+    ("grpc.max_connection_age_grace_ms", 10_000),
+]
+
+
 async def serve(
     service: Service, settings: ServerSettings, stopping: asyncio.Event | None = None
 ) -> int:
     """Run `service` until SIGTERM, SIGINT or `stopping`; returns the process exit code."""
     server = grpc.aio.server(
         interceptors=[ObservabilityInterceptor()],
-        options=grpc_options(settings.max_message_bytes),
+        options=grpc_options(settings.max_message_bytes) + SERVER_CONNECTION_OPTIONS,
     )
     service.register(server)
     health = HealthServicer()

@@ -68,6 +68,13 @@ def dependency_error(dependency: str, error: grpc.aio.AioRpcError) -> FaceScoreE
     if error.code() == grpc.StatusCode.INVALID_ARGUMENT and reason is not None:
         # The photo itself is at fault (empty, corrupt, too large...): the reason travels up.
         return FaceScoreError(Reason(reason), error.details() or reason)
+    if reason == Reason.QUEUE_FULL:
+        return FaceScoreError(
+            Reason.QUEUE_FULL,
+            f"{dependency} is at capacity: {error.details()}",
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            metadata={"dependency": dependency},
+        )
     return FaceScoreError(
         Reason.DEPENDENCY_UNAVAILABLE,
         f"{dependency} is unavailable ({error.code().name}): {error.details()}",

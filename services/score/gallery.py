@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 import httpx
+import structlog
 from qdrant_client import AsyncQdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
@@ -25,6 +26,7 @@ from services.score.settings import ScoreSettings
 # Namespace of the deterministic point ids (UUIDv5): a retried write lands on the same point.
 ID_NAMESPACE = uuid.UUID("6f1c1f6e-2b0e-5d2c-9a39-7a0f3c4b8e11")
 _SEP = "\x1f"
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -161,9 +163,32 @@ class GalleryStore:
                     ),
                 )
 
+    async def _force_init(self) -> None:
+        """SCORE_FORCE_INIT: drop the faces collection, once its name is confirmed."""
+        if self.settings.force_init_confirm != self.collection:
+            found = self.settings.force_init_confirm
+            raise FaceScoreError(
+                Reason.INVALID_ARGUMENT,
+                f"SCORE_FORCE_INIT=true deletes every face in collection {self.collection}; "
+                f"to confirm, set SCORE_FORCE_INIT_CONFIRM={self.collection} "
+                f"(it is {'unset' if found is None else repr(found)}), or unset SCORE_FORCE_INIT",
+                grpc.StatusCode.FAILED_PRECONDITION,
+                metadata={"setting": "SCORE_FORCE_INIT_CONFIRM", "collection": self.collection},
+            )
+        if await self.client.collection_exists(self.collection):
+            faces = (await self.client.count(self.collection, exact=True)).count
+            await self.client.delete_collection(self.collection)
+            log.warning(
+                "force_init: faces collection deleted; unset SCORE_FORCE_INIT",
+                collection=self.collection,
+                deleted_faces=faces,
+            )
+
     async def _ensure_faces_collection(self) -> None:
         client = self.client
         expected = {"model_name": self.identity.name, "model_sha256": self.identity.sha256}
+        if self.settings.force_init:
+            await self._force_init()
         if await client.collection_exists(self.collection):
             info = await client.get_collection(self.collection)
             vectors = info.config.params.vectors

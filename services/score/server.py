@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 import numpy as np
 import structlog
+from prometheus_client import Gauge
 
 from facescore.v1 import common_pb2, score_pb2, score_pb2_grpc
 from services.common.errors import FaceScoreError, Reason
@@ -23,6 +24,7 @@ from services.score.settings import ScoreSettings
 
 log = structlog.get_logger(__name__)
 MAX_PAGE_SIZE = 1000
+GALLERY_FACES = Gauge("facescore_gallery_faces", "Faces stored per gallery.", ["gallery"])
 
 
 class ScoreService(score_pb2_grpc.ScoreServiceServicer):
@@ -34,6 +36,7 @@ class ScoreService(score_pb2_grpc.ScoreServiceServicer):
         self.cache: AnalysisCache = make_cache(settings)
         self._store: GalleryStore | None = None
         self._analyzer: Analyzer | None = None
+        self._gauges: asyncio.Task[None] | None = None
         self._detector = common_pb2.ModelInfo()
         self._recognizer = common_pb2.ModelInfo()
 
@@ -54,6 +57,7 @@ class ScoreService(score_pb2_grpc.ScoreServiceServicer):
         await self.cache.start()
         self._analyzer = Analyzer(self._inference, self.cache, self._detector, identity)
         self._store = store
+        self._gauges = asyncio.create_task(self._refresh_gallery_sizes(store))
 
     @staticmethod
     async def _wait_for_models(
@@ -70,7 +74,21 @@ class ScoreService(score_pb2_grpc.ScoreServiceServicer):
                     last_said = time.monotonic()
             await asyncio.sleep(0.5)
 
+    async def _refresh_gallery_sizes(self, store: GalleryStore) -> None:
+        """Keep facescore_gallery_faces current for dashboards, without touching a request."""
+        while True:
+            try:
+                for record in await store.list_galleries():
+                    GALLERY_FACES.labels(record.name).set(
+                        await store.count_faces(gallery=record.name)
+                    )
+            except FaceScoreError as error:
+                log.warning("gallery sizes not refreshed", detail=error.message)
+            await asyncio.sleep(self.settings.gallery_metrics_interval_s)
+
     async def stop(self) -> None:
+        if self._gauges is not None:
+            self._gauges.cancel()
         if self._store is not None:
             await self._store.close()
         await self.cache.close()

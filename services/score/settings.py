@@ -36,6 +36,16 @@ class ScoreSettings(ServerSettings):
     collection_prefix: str = Field(
         "faces", description="Collection name = prefix + model name + model sha256 prefix."
     )
+    force_init: bool = Field(
+        False,
+        description="Recreate an empty faces collection at start-up, deleting every enrolled "
+        "face; needs FORCE_INIT_CONFIRM. Acts at every start-up while set: unset it after.",
+    )
+    force_init_confirm: str | None = Field(
+        None,
+        description="For FORCE_INIT: the faces collection's name (GetServiceInfo, /health); "
+        "start-up fails when FORCE_INIT is set and this differs.",
+    )
     hnsw_m: int = Field(16, ge=4, description="HNSW graph degree of the faces collection.")
     hnsw_ef_construct: int = Field(100, ge=4, description="HNSW build-time search width.")
     on_disk: bool = Field(False, description="Keep vectors and the HNSW index on disk.")
@@ -55,6 +65,9 @@ class ScoreSettings(ServerSettings):
     )
     threshold: float = Field(
         0.40, gt=-1, lt=1, description="Cosine similarity at or above which faces match."
+    )
+    gallery_metrics_interval_s: float = Field(
+        30.0, gt=0, description="How often the facescore_gallery_faces gauge is refreshed."
     )
     top_k: int = Field(5, ge=1, le=100, description="Subjects returned per face by Identify.")
     max_metadata_bytes: int = Field(

@@ -1,0 +1,1 @@
+"""nginx in front of the REST gateway: the config template and its renderer (`nginx.render`)."""

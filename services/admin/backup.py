@@ -1,0 +1,695 @@
+"""`facescore admin backup DEST` and `facescore admin restore SRC`: score's data, kept safe.
+
+What is backed up depends on how score runs (the SCORE_* settings):
+
+- Embedded Qdrant (SCORE_QDRANT_URL unset): a copy of DATA_DIR/qdrant, taken under the
+  storage's own lock, so a running score service (which holds that lock) is refused.
+- Qdrant server (SCORE_QDRANT_URL set): a snapshot of every facescore collection (the faces
+  collections and the registry, all named SCORE_COLLECTION_PREFIX_*), made through the
+  Qdrant API, downloaded, then deleted on the server.
+- Redis (SCORE_REDIS_URL set): every facescore:* key, as DUMP payloads with their TTLs.
+
+DEST is a new folder holding the data and a manifest.json (created time, mode, facescore
+version, the models the collections were made for, and the sha256 and size of every file).
+It is written under a temporary name and renamed when complete: a DEST that exists is whole.
+
+Restore checks every file against the manifest before it touches anything, refuses a
+target that already holds data unless told --yes, and then:
+
+- embedded: copies the files to a sibling of DATA_DIR/qdrant, then swaps the folders with
+  renames. The replaced data is KEPT as DATA_DIR/qdrant.before-restore-<time> (delete it
+  once the restored service looks right); nothing is deleted.
+- server: uploads each snapshot (POST /collections/{name}/snapshots/upload?priority=snapshot,
+  with the sha256 for Qdrant to check), which replaces the collection of that name.
+- Redis: RESTORE ... REPLACE of every saved key; other keys are left alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import errno
+import fcntl
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from services.score.settings import ScoreSettings
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+QDRANT_DIR = "qdrant"
+SNAPSHOT_DIR = "snapshots"
+REDIS_FILE = "redis.jsonl"
+REDIS_PATTERN = "facescore:*"
+LOCK_FILE = ".lock"  # qdrant-client's embedded storage lock (an flock on DATA_DIR/qdrant/.lock)
+META_FILE = "meta.json"  # embedded Qdrant's list of collections
+SNAPSHOT_TIMEOUT_S = 600.0
+CHUNK = 1 << 20
+
+Say = Callable[[str], None]
+
+
+class AdminError(Exception):
+    """A refusal or a failure, with a message for the operator (exit status 1)."""
+
+
+# Files and checksums.
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    with target.open("rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _entry(path: Path) -> dict[str, Any]:
+    return {"sha256": sha256_file(path), "size": path.stat().st_size}
+
+
+def _safe_relative(name: str) -> PurePosixPath:
+    """A manifest path that stays inside the backup (a crafted manifest cannot escape it)."""
+    path = PurePosixPath(name)
+    allowed_top = path.parts[:1] in ((QDRANT_DIR,), (SNAPSHOT_DIR,)) and len(path.parts) > 1
+    if (
+        path.is_absolute()
+        or ".." in path.parts
+        or "\\" in name
+        or not (allowed_top or name == REDIS_FILE)
+    ):
+        raise AdminError(f"the manifest names an unexpected path {name!r}; refusing the backup")
+    return path
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
+
+
+def _facescore_version() -> str:
+    try:
+        return importlib.metadata.version("facescore")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _now() -> tuple[str, str]:
+    """ISO time for the manifest and a compact stamp for folder names."""
+    now = dt.datetime.now(dt.UTC)
+    return now.isoformat(timespec="seconds"), now.strftime("%Y%m%dT%H%M%SZ")
+
+
+# The embedded storage's lock.
+
+
+def _lock_holders(lock_path: Path) -> list[int]:
+    """Processes with the lock file open (best effort: only those /proc lets us see)."""
+    wanted = str(lock_path.resolve())
+    holders = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            for fd in (proc / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) == wanted:
+                        holders.append(int(proc.name))
+                        break
+    return sorted(pid for pid in holders if pid != os.getpid())
+
+
+@contextlib.contextmanager
+def storage_lock(storage: Path) -> Iterator[None]:
+    """Hold embedded Qdrant's own lock on `storage`; refuse when a score service holds it.
+
+    qdrant-client locks DATA_DIR/qdrant/.lock with flock(LOCK_EX | LOCK_NB) while a client is
+    open; taking the same lock keeps a score service from starting during a backup or restore.
+    """
+    lock_path = storage / LOCK_FILE
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise AdminError(f"cannot open the storage lock {lock_path}: {error}") from error
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise AdminError(f"cannot lock {lock_path}: {error}") from error
+            holders = _lock_holders(lock_path)
+            who = f" (process {', '.join(map(str, holders))})" if holders else ""
+            raise AdminError(
+                f"{storage} is in use{who}: a score service with embedded Qdrant is running on "
+                "this SCORE_DATA_DIR (it holds the storage lock). Stop the score service first; "
+                "embedded Qdrant cannot be copied or replaced while it runs."
+            ) from error
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+def _embedded_collections(storage: Path) -> dict[str, dict[str, Any]]:
+    """Collection name -> its creation config, from embedded Qdrant's meta.json."""
+    try:
+        meta = json.loads((storage / META_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    collections = meta.get("collections") if isinstance(meta, dict) else None
+    return collections if isinstance(collections, dict) else {}
+
+
+def _model_of(name: str, metadata: Any) -> dict[str, Any] | None:
+    """The model a faces collection was made for (score stamps it in the collection metadata)."""
+    if not isinstance(metadata, dict) or "model_name" not in metadata:
+        return None
+    return {
+        "collection": name,
+        "model_name": metadata.get("model_name"),
+        "model_sha256": metadata.get("model_sha256"),
+        "dim": metadata.get("dim"),
+    }
+
+
+def _storage_has_data(storage: Path) -> list[str]:
+    """What an existing embedded storage holds (collections, else stray files); [] if empty."""
+    if not storage.exists():
+        return []
+    collections = sorted(_embedded_collections(storage))
+    if collections:
+        return [f"collection {name}" for name in collections]
+    return sorted(
+        str(p.relative_to(storage))
+        for p in storage.rglob("*")
+        if p.is_file() and p.name not in (LOCK_FILE, META_FILE)
+    )
+
+
+# Qdrant server.
+
+
+class _Server:
+    """qdrant-client for the snapshot calls, httpx for the snapshot files themselves."""
+
+    def __init__(self, settings: ScoreSettings) -> None:
+        from qdrant_client import QdrantClient
+
+        assert settings.qdrant_url
+        key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
+        self.url = settings.qdrant_url
+        self.client = QdrantClient(
+            url=settings.qdrant_url,
+            api_key=key,
+            timeout=int(SNAPSHOT_TIMEOUT_S),
+            check_compatibility=False,
+        )
+        # The REST address qdrant-client itself uses (it adds port 6333 to a URL without one).
+        base = str(getattr(self.client._client, "rest_uri", settings.qdrant_url))
+        self.http = httpx.Client(
+            base_url=base.rstrip("/"),
+            headers={"api-key": key} if key else {},
+            timeout=httpx.Timeout(SNAPSHOT_TIMEOUT_S, connect=settings.qdrant_timeout_s),
+        )
+
+    def close(self) -> None:
+        self.http.close()
+        self.client.close()
+
+    def collections(self, prefix: str) -> list[str]:
+        names = [c.name for c in self.client.get_collections().collections]
+        return sorted(n for n in names if n.startswith(f"{prefix}_"))
+
+    def metadata(self, name: str) -> Any:
+        # Raw JSON, read leniently: only the metadata stamped by score is wanted.
+        reply = self.http.get(f"/collections/{quote(name, safe='')}")
+        if reply.status_code != 200:
+            return None
+        with contextlib.suppress(ValueError, AttributeError, TypeError):
+            return reply.json()["result"]["config"].get("metadata")
+        return None
+
+    def download_snapshot(self, name: str, target: Path, say: Say) -> dict[str, Any]:
+        snapshot = self.client.create_snapshot(name, wait=True)
+        if snapshot is None:
+            raise AdminError(f"Qdrant made no snapshot of collection {name}")
+        try:
+            path = f"/collections/{quote(name, safe='')}/snapshots/{quote(snapshot.name, safe='')}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with self.http.stream("GET", path) as reply:
+                if reply.status_code != 200:
+                    reply.read()
+                    raise AdminError(
+                        f"downloading snapshot {snapshot.name} of {name} failed: "
+                        f"HTTP {reply.status_code} {reply.text[:300]}"
+                    )
+                with target.open("wb") as handle:
+                    for chunk in reply.iter_bytes(CHUNK):
+                        handle.write(chunk)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            sha256 = sha256_file(target)
+            if snapshot.checksum and snapshot.checksum != sha256:
+                raise AdminError(
+                    f"snapshot {snapshot.name} of {name} arrived damaged: sha256 {sha256}, "
+                    f"Qdrant says {snapshot.checksum}"
+                )
+        finally:
+            try:
+                self.client.delete_snapshot(name, snapshot.name, wait=True)
+            except Exception as error:  # the backup is still good; say what is left behind
+                say(f"note: could not delete snapshot {snapshot.name} of {name} on Qdrant: {error}")
+        return {"name": name, "snapshot": snapshot.name, "created": snapshot.creation_time}
+
+    def exists(self, name: str) -> bool:
+        return bool(self.client.collection_exists(name))
+
+    def upload_snapshot(self, name: str, source: Path, sha256: str) -> None:
+        with source.open("rb") as handle:
+            reply = self.http.post(
+                f"/collections/{quote(name, safe='')}/snapshots/upload",
+                params={"priority": "snapshot", "wait": "true", "checksum": sha256},
+                files={"snapshot": (source.name, handle, "application/octet-stream")},
+            )
+        if reply.status_code != 200:
+            raise AdminError(
+                f"Qdrant refused the snapshot of {name}: HTTP {reply.status_code} "
+                f"{reply.text[:500]}"
+            )
+
+
+@contextlib.contextmanager
+def _server(settings: ScoreSettings) -> Iterator[_Server]:
+    server = _Server(settings)
+    try:
+        yield server
+    except AdminError:
+        raise
+    except Exception as error:
+        raise AdminError(
+            f"Qdrant at {_redacted(server.url)} failed: {type(error).__name__}: {error}"
+        ) from error
+    finally:
+        server.close()
+
+
+# Redis.
+
+
+def _redis(settings: ScoreSettings) -> Any:
+    import redis
+
+    assert settings.redis_url is not None
+    return redis.Redis.from_url(
+        settings.redis_url.get_secret_value(), socket_timeout=30, socket_connect_timeout=5
+    )
+
+
+@contextlib.contextmanager
+def _redis_errors(settings: ScoreSettings, hint: str) -> Iterator[None]:
+    import redis
+
+    assert settings.redis_url is not None
+    try:
+        yield
+    except (redis.RedisError, OSError) as error:
+        where = _redacted(settings.redis_url.get_secret_value())
+        raise AdminError(f"Redis at {where} failed: {error}{hint}") from error
+
+
+def _batches(items: Iterable[bytes], size: int) -> Iterator[list[bytes]]:
+    batch: list[bytes] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _dump_redis(settings: ScoreSettings, target: Path) -> int:
+    """Every facescore:* key as a JSON line: key, DUMP payload (base64) and PTTL."""
+    client = _redis(settings)
+    written = 0
+    with target.open("w") as handle:
+        for keys in _batches(client.scan_iter(match=REDIS_PATTERN, count=1000), 500):
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                pipe.dump(key)
+                pipe.pttl(key)
+            replies = pipe.execute()
+            for index, key in enumerate(keys):
+                payload, pttl = replies[2 * index], replies[2 * index + 1]
+                if payload is None:  # expired since the scan
+                    continue
+                record = {
+                    "key": base64.b64encode(key).decode(),
+                    "pttl": int(pttl),
+                    "dump": base64.b64encode(payload).decode(),
+                }
+                handle.write(json.dumps(record) + "\n")
+                written += 1
+        handle.flush()
+        os.fsync(handle.fileno())
+    client.close()
+    return written
+
+
+def _redis_keys_present(settings: ScoreSettings) -> int:
+    client = _redis(settings)
+    count = sum(1 for _ in client.scan_iter(match=REDIS_PATTERN, count=1000))
+    client.close()
+    return count
+
+
+def _restore_redis(settings: ScoreSettings, source: Path) -> int:
+    client = _redis(settings)
+    restored = 0
+    with source.open() as handle:
+        pipe = client.pipeline(transaction=False)
+        for line in handle:
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            pttl = int(record["pttl"])
+            pipe.restore(
+                base64.b64decode(record["key"]),
+                pttl if pttl > 0 else 0,  # 0: no expiry (PTTL -1)
+                base64.b64decode(record["dump"]),
+                replace=True,
+            )
+            restored += 1
+            if len(pipe) >= 500:
+                pipe.execute()
+        pipe.execute()
+    client.close()
+    return restored
+
+
+# Backup.
+
+
+def backup(
+    settings: ScoreSettings, dest: Path, *, include_redis: bool = True, say: Say = print
+) -> dict[str, Any]:
+    """Write a backup of score's data to the new folder `dest`; returns the manifest."""
+    dest = dest.absolute()
+    if dest.exists():
+        raise AdminError(f"{dest} already exists; back up into a new folder")
+    if not dest.parent.is_dir():
+        raise AdminError(f"{dest.parent} does not exist")
+    created, stamp = _now()
+    staging = dest.parent / f".{dest.name}.partial-{stamp}-{os.getpid()}"
+    staging.mkdir()
+    try:
+        manifest: dict[str, Any] = {
+            "format": FORMAT,
+            "created": created,
+            "facescore_version": _facescore_version(),
+            "collection_prefix": settings.collection_prefix,
+        }
+        if settings.qdrant_url:
+            manifest.update(_backup_server(settings, staging, say))
+        else:
+            manifest.update(_backup_embedded(settings, staging, say))
+        manifest["redis"] = _backup_redis(settings, staging, include_redis, say)
+        manifest["files"] = {
+            path.relative_to(staging).as_posix(): _entry(path)
+            for path in sorted(staging.rglob("*"))
+            if path.is_file()
+        }
+        manifest_path = staging / MANIFEST
+        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+        with manifest_path.open("rb") as handle:
+            os.fsync(handle.fileno())
+        os.rename(staging, dest)
+        _fsync_dir(dest.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    size = sum(entry["size"] for entry in manifest["files"].values())
+    say(f"backup written to {dest}: {len(manifest['files'])} file(s), {size} bytes")
+    return manifest
+
+
+def _backup_embedded(settings: ScoreSettings, staging: Path, say: Say) -> dict[str, Any]:
+    storage = settings.data_dir.absolute() / QDRANT_DIR
+    if not (storage / META_FILE).is_file():
+        raise AdminError(
+            f"nothing to back up: {storage} holds no embedded Qdrant (no {META_FILE}). "
+            "Is SCORE_DATA_DIR right? For a Qdrant server, set SCORE_QDRANT_URL."
+        )
+    with storage_lock(storage):
+        for path in sorted(storage.rglob("*")):
+            relative = path.relative_to(storage)
+            if path.is_symlink() or not path.is_file() or relative == Path(LOCK_FILE):
+                continue
+            _copy(path, staging / QDRANT_DIR / relative)
+        collections = _embedded_collections(storage)
+    say(f"copied embedded Qdrant from {storage}: {', '.join(sorted(collections)) or 'empty'}")
+    models = [_model_of(n, c.get("metadata")) for n, c in sorted(collections.items())]
+    return {
+        "mode": "embedded",
+        "source": str(storage),
+        "collections": [{"name": name} for name in sorted(collections)],
+        "models": [m for m in models if m],
+    }
+
+
+def _backup_server(settings: ScoreSettings, staging: Path, say: Say) -> dict[str, Any]:
+    with _server(settings) as server:
+        names = server.collections(settings.collection_prefix)
+        if not names:
+            raise AdminError(
+                f"nothing to back up: Qdrant at {_redacted(server.url)} has no collection "
+                f"named {settings.collection_prefix}_*"
+            )
+        collections = []
+        models = []
+        for name in names:
+            file = f"{SNAPSHOT_DIR}/{name}.snapshot"
+            record = server.download_snapshot(name, staging / file, say)
+            collections.append({**record, "file": file})
+            if (model := _model_of(name, server.metadata(name))) is not None:
+                models.append(model)
+            say(f"snapshot of {name} downloaded")
+    return {
+        "mode": "server",
+        "source": _redacted(settings.qdrant_url or ""),
+        "collections": collections,
+        "models": models,
+    }
+
+
+def _backup_redis(
+    settings: ScoreSettings, staging: Path, include: bool, say: Say
+) -> dict[str, Any] | None:
+    if settings.redis_url is None:
+        return None
+    where = _redacted(settings.redis_url.get_secret_value())
+    if not include:
+        say(f"Redis at {where} skipped (--skip-redis); the analysis cache refills by itself")
+        return {"source": where, "skipped": True}
+    hint = "; the cache can be rebuilt: pass --skip-redis to back up without it"
+    with _redis_errors(settings, hint):
+        keys = _dump_redis(settings, staging / REDIS_FILE)
+    say(f"Redis at {where}: {keys} {REDIS_PATTERN} key(s) saved")
+    return {"source": where, "skipped": False, "keys": keys, "file": REDIS_FILE}
+
+
+# Restore.
+
+
+def read_manifest(src: Path) -> dict[str, Any]:
+    path = src / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError as error:
+        raise AdminError(f"{src} is not a facescore backup: it has no {MANIFEST}") from error
+    except (OSError, ValueError) as error:
+        raise AdminError(f"cannot read {path}: {error}") from error
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise AdminError(f"{path} is not a facescore backup manifest of format {FORMAT}")
+    if manifest.get("mode") not in ("embedded", "server") or not isinstance(
+        manifest.get("files"), dict
+    ):
+        raise AdminError(f"{path} is incomplete (no mode or no files)")
+    return manifest
+
+
+def verify(src: Path, manifest: dict[str, Any]) -> None:
+    """Every file the manifest lists, present with its size and sha256; AdminError otherwise."""
+    problems = []
+    for name, entry in sorted(manifest["files"].items()):
+        relative = _safe_relative(name)
+        path = src.joinpath(*relative.parts)
+        if path.is_symlink() or not path.is_file():
+            problems.append(f"{name}: missing")
+            continue
+        if path.stat().st_size != entry.get("size"):
+            problems.append(
+                f"{name}: {path.stat().st_size} bytes, the manifest says {entry.get('size')}"
+            )
+            continue
+        found = sha256_file(path)
+        if found != entry.get("sha256"):
+            problems.append(f"{name}: sha256 {found}, the manifest says {entry.get('sha256')}")
+    if problems:
+        raise AdminError(
+            f"the backup {src} is damaged; nothing was restored:\n  " + "\n  ".join(problems)
+        )
+
+
+def restore(settings: ScoreSettings, src: Path, *, yes: bool = False, say: Say = print) -> None:
+    """Restore the backup in `src` into what the settings point at (see the module doc)."""
+    src = src.absolute()
+    manifest = read_manifest(src)
+    mode = manifest["mode"]
+    if mode == "embedded" and settings.qdrant_url:
+        raise AdminError(
+            "this backup is a copy of an embedded Qdrant (DATA_DIR/qdrant) but SCORE_QDRANT_URL "
+            "is set; unset it to restore into SCORE_DATA_DIR"
+        )
+    if mode == "server" and not settings.qdrant_url:
+        raise AdminError(
+            "this backup holds Qdrant server snapshots; set SCORE_QDRANT_URL (and "
+            "SCORE_QDRANT_API_KEY) to the Qdrant server to restore them into"
+        )
+    files = manifest["files"]
+    if mode == "embedded" and f"{QDRANT_DIR}/{META_FILE}" not in files:
+        raise AdminError(f"the backup {src} lacks {QDRANT_DIR}/{META_FILE}")
+    if mode == "server":
+        for collection in manifest.get("collections", []):
+            if collection.get("file") not in files:
+                raise AdminError(f"the backup {src} lacks the snapshot of {collection.get('name')}")
+    verify(src, manifest)
+    say(f"backup {src} verified: {len(files)} file(s) match the manifest")
+
+    redis_saved = manifest.get("redis") or {}
+    restore_redis = bool(redis_saved.get("file")) and settings.redis_url is not None
+    if redis_saved.get("file") and settings.redis_url is None:
+        say("note: the backup holds Redis keys but SCORE_REDIS_URL is unset; they are skipped")
+
+    if mode == "embedded":
+        _restore_embedded(settings, src, manifest, yes, restore_redis, say)
+    else:
+        _restore_server(settings, src, manifest, yes, restore_redis, say)
+    if restore_redis:
+        with _redis_errors(settings, "; the Qdrant data was restored, only the cache was not"):
+            restored = _restore_redis(settings, src / REDIS_FILE)
+        say(f"Redis: {restored} key(s) restored")
+
+
+def _refuse_redis_data(settings: ScoreSettings, yes: bool, restore_redis: bool) -> list[str]:
+    if not restore_redis or yes:
+        return []
+    with _redis_errors(settings, ""):
+        present = _redis_keys_present(settings)
+    return [f"{present} {REDIS_PATTERN} key(s)"] if present else []
+
+
+def _refuse(target: str, found: list[str]) -> AdminError:
+    shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+    return AdminError(
+        f"{target} already holds data ({shown}); nothing was restored. Pass --yes to replace it."
+    )
+
+
+def _restore_embedded(
+    settings: ScoreSettings,
+    src: Path,
+    manifest: dict[str, Any],
+    yes: bool,
+    restore_redis: bool,
+    say: Say,
+) -> None:
+    data_dir = settings.data_dir.absolute()
+    storage = data_dir / QDRANT_DIR
+    found = _storage_has_data(storage)
+    if found and not yes:
+        raise _refuse(str(storage), found)
+    redis_found = _refuse_redis_data(settings, yes, restore_redis)
+    if redis_found:
+        raise _refuse("Redis", redis_found)
+    _, stamp = _now()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock: contextlib.AbstractContextManager[None] = (
+        storage_lock(storage) if storage.exists() else contextlib.nullcontext()
+    )
+    kept: Path | None = None
+    with lock:
+        staging = data_dir / f".{QDRANT_DIR}.restore-{stamp}-{os.getpid()}"
+        try:
+            staging.mkdir()
+            for name, entry in manifest["files"].items():
+                relative = _safe_relative(name)
+                if relative.parts[0] != QDRANT_DIR:
+                    continue
+                target = staging.joinpath(*relative.parts[1:])
+                _copy(src.joinpath(*relative.parts), target)
+                if sha256_file(target) != entry["sha256"]:
+                    raise AdminError(f"copying {name} into {staging} damaged it; nothing restored")
+            if storage.exists():
+                kept = data_dir / f"{QDRANT_DIR}.before-restore-{stamp}"
+                os.rename(storage, kept)
+            try:
+                os.rename(staging, storage)
+            except OSError:
+                if kept is not None:
+                    os.rename(kept, storage)
+                raise
+            _fsync_dir(data_dir)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    names = ", ".join(c["name"] for c in manifest.get("collections", [])) or "no collections"
+    say(f"restored {storage} ({names}) from the backup of {manifest.get('created')}")
+    if kept is not None:
+        say(f"the data it replaced is kept in {kept}; delete it once the service looks right")
+
+
+def _restore_server(
+    settings: ScoreSettings,
+    src: Path,
+    manifest: dict[str, Any],
+    yes: bool,
+    restore_redis: bool,
+    say: Say,
+) -> None:
+    collections = manifest.get("collections", [])
+    with _server(settings) as server:
+        found = [f"collection {c['name']}" for c in collections if server.exists(c["name"])]
+        if found and not yes:
+            raise _refuse(f"Qdrant at {_redacted(server.url)}", found)
+        redis_found = _refuse_redis_data(settings, yes, restore_redis)
+        if redis_found:
+            raise _refuse("Redis", redis_found)
+        for collection in collections:
+            relative = _safe_relative(collection["file"])
+            sha256 = manifest["files"][collection["file"]]["sha256"]
+            server.upload_snapshot(collection["name"], src.joinpath(*relative.parts), sha256)
+            say(f"collection {collection['name']} restored from its snapshot")
