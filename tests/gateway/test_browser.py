@@ -329,3 +329,22 @@ def test_subjects_paginate_delete_and_the_api_key_is_sent(
     )
     assert reply.status_code == 404
     assert reply.json()["code"] == "subject_not_found"
+
+
+def test_api_docs_render_offline(browser: Browser, gateway_service: ServiceProcess) -> None:
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    outside: list[str] = []
+    page.on(
+        "request",
+        lambda request: (
+            outside.append(request.url) if not request.url.startswith(gateway_service.url) else None
+        ),
+    )
+    page.goto(f"{gateway_service.url}/api/docs")
+    expect(page.locator(".opblock").first).to_be_visible(timeout=20_000)
+    assert page.locator(".opblock").count() >= 12  # every operation of the OpenAPI document
+    assert not page.get_by_text("Unable to render this definition").count()
+    screenshot(page, "api-docs")
+    context.close()
+    assert not outside, f"the docs page reached outside the gateway: {outside}"
