@@ -20,7 +20,7 @@ from prometheus_client import make_asgi_app
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from facescore.v1 import score_pb2, score_pb2_grpc
-from gateway import schemas
+from gateway import metrics, schemas
 from gateway.auth import Authenticator, Scope, load_keys
 from gateway.problems import (
     Problem,
@@ -78,16 +78,21 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         rid = request_id_from([(REQUEST_ID_HEADER, request.headers.get(REQUEST_ID_HEADER))])
         structlog.contextvars.bind_contextvars(request_id=rid)
         started = time.perf_counter()
+        status = 500  # unless call_next answers: an error no handler turned into a response
         try:
             response: Response = await call_next(request)
-            log.info(
+            status = response.status_code
+        finally:
+            elapsed = time.perf_counter() - started
+            route = metrics.observe(request, status, elapsed)
+            quiet = route in metrics.QUIET_ROUTES and status < 400
+            (log.debug if quiet else log.info)(
                 "request done",
                 method=request.method,
                 path=request.url.path,
-                status=response.status_code,
-                ms=round((time.perf_counter() - started) * 1000, 2),
+                status=status,
+                ms=round(elapsed * 1000, 2),
             )
-        finally:
             structlog.contextvars.unbind_contextvars("request_id")
         response.headers[REQUEST_ID_HEADER] = rid
         return response

@@ -114,16 +114,22 @@ def from_rpc_error(error: grpc.aio.AioRpcError, retry_after_s: int) -> Problem:
     return Problem(status, info.reason, detail, dict(info.metadata), headers)
 
 
+def answer(request: Request, problem: Problem) -> JSONResponse:
+    """The problem as the response to `request`; its code is kept for the request metrics."""
+    request.state.problem_code = problem.code
+    return problem_response(problem, request.url.path)
+
+
 async def handle_problem(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, Problem)
-    return problem_response(exc, request.url.path)
+    return answer(request, exc)
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     problem = Problem(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {}))
-    return problem_response(problem, request.url.path)
+    return answer(request, problem)
 
 
 async def handle_validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -133,4 +139,4 @@ async def handle_validation_error(request: Request, exc: Exception) -> JSONRespo
         for e in exc.errors()
     ]
     problem = Problem(422, "validation_error", "the request is not valid", {"errors": errors})
-    return problem_response(problem, request.url.path)
+    return answer(request, problem)

@@ -25,6 +25,14 @@ from services.common.metrics import GRPC_LATENCY, GRPC_REQUESTS, start_side_port
 from services.common.settings import ServerSettings
 
 log = structlog.get_logger(__name__)
+# Probes that orchestrators and `facescore watch` send every few seconds: logged at debug
+# level while they succeed, so that they do not bury the calls that matter.
+QUIET_METHODS = frozenset(
+    {
+        "/grpc.health.v1.Health/Check",
+        "/facescore.v1.ScoreService/GetHealth",
+    }
+)
 
 
 class Service(Protocol):
@@ -88,7 +96,10 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
                 elapsed = time.perf_counter() - started
                 GRPC_LATENCY.labels(method).observe(elapsed)
                 GRPC_REQUESTS.labels(method, code, reason).inc()
-                log.info("request done", code=code, ms=round(elapsed * 1000, 2))
+                quiet = method in QUIET_METHODS and code == "OK"
+                (log.debug if quiet else log.info)(
+                    "request done", code=code, ms=round(elapsed * 1000, 2)
+                )
                 structlog.contextvars.unbind_contextvars("request_id", "method")
 
         return grpc.unary_unary_rpc_method_handler(

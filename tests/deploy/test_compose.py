@@ -787,7 +787,7 @@ def rule_queries() -> list[str]:
 PROMQL_WORDS = {
     "sum", "by", "rate", "histogram_quantile", "max", "min", "avg", "without", "and", "or",
     "unless", "on", "ignoring", "le", "job", "method", "code", "reason", "result", "model",
-    "gallery", "instance", "count", "increase", "irate", "bool", "offset",
+    "gallery", "instance", "count", "increase", "irate", "bool", "offset", "route", "status",
 }  # fmt: skip
 
 
@@ -821,6 +821,7 @@ def test_dashboard_shows_what_operators_need() -> None:
     assert "facescore_queue_depth" in queries
     assert 'facescore_cache_requests_total{job=~"$job", result="hit"}' in queries
     assert re.search(r"sum by \([^)]*reason[^)]*\) \(rate\(facescore_grpc_requests_total", queries)
+    assert re.search(r"sum by \([^)]*code[^)]*\) \(rate\(facescore_http_requests_total", queries)
     for path in (REPO / "monitoring" / "grafana" / "dashboards").glob("*.json"):
         dashboard = json.loads(path.read_text())
         ids = [p["id"] for p in dashboard["panels"]]
@@ -838,6 +839,7 @@ def test_alert_rules() -> None:
     assert re.search(r"\bup\{[^}]*\} == 0", alerts["FacescoreTargetDown"]["expr"])
     assert "histogram_quantile(0.99" in alerts["FacescoreHighLatencyP99"]["expr"]
     assert "facescore_grpc_requests_total" in alerts["FacescoreHighErrorRate"]["expr"]
+    assert 'status=~"5.."' in alerts["FacescoreGatewayServerErrors"]["expr"]
     for name, alert in alerts.items():
         assert alert["labels"]["severity"] in ("warning", "critical"), name
         assert alert["annotations"]["summary"], name

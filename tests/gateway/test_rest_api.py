@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.problems import STATUS_OF_REASON
 from services.common.errors import Reason
@@ -213,6 +214,46 @@ def test_health_and_metrics(api: httpx.Client) -> None:
     assert "X-Request-Id" in health.headers or "x-request-id" in health.headers
     metrics = api.get("/metrics/")
     assert metrics.status_code == 200 and "python_info" in metrics.text
+
+
+def counter(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of a Prometheus text exposition, 0 when absent."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return 0.0
+
+
+def test_request_metrics_by_route_status_and_code(
+    api: httpx.Client, gateway_service: ServiceProcess, score_for_gateway: ServiceProcess
+) -> None:
+    route = "/api/v1/galleries/{gallery}/subjects"
+    missing = {"route": route, "method": "GET", "status": "404", "code": "gallery_not_found"}
+    listed = {"route": "/api/v1/galleries", "method": "GET", "status": "200", "code": ""}
+    before = api.get("/metrics/").text
+    for _ in range(3):
+        problem(api.get("/api/v1/galleries/nowhere-metrics/subjects"), 404, "gallery_not_found")
+    assert api.get("/api/v1/galleries").status_code == 200
+    problem(api.get("/api/v1/made-up-path-7f3a"), 404, "not_found")
+    for _ in range(3):
+        assert api.get("/api/health").status_code == 200
+    after = api.get("/metrics/").text
+    total = "facescore_http_requests_total"
+    assert counter(after, total, **missing) - counter(before, total, **missing) == 3
+    assert counter(after, total, **listed) - counter(before, total, **listed) == 1
+    assert counter(after, "facescore_http_request_seconds_count", route=route, method="GET") >= 3
+    # Made-up paths share one label: clients cannot grow the label set.
+    assert "made-up-path-7f3a" not in after
+    assert counter(after, total, route="unmatched", method="GET", status="404", code="not_found")
+    # Successful probes are counted but not logged at info level; failures are.
+    logs = gateway_service.logs()
+    assert '"path": "/api/v1/galleries/nowhere-metrics/subjects"' in logs
+    assert '"path": "/api/health"' not in logs
+    score_logs = score_for_gateway.logs()
+    assert "/facescore.v1.ScoreService/ListGalleries" in score_logs
+    assert "/facescore.v1.ScoreService/GetHealth" not in score_logs
+    assert "/grpc.health.v1.Health/Check" not in score_logs
 
 
 def test_api_keys_and_scopes(
