@@ -1,7 +1,8 @@
 # facescore: `make run` starts the stack, `make test` runs the tests.
 # ORT=gpu installs onnxruntime-gpu instead of onnxruntime (exactly one build is installed).
 ORT ?= cpu
-UV ?= uv
+# uv from PATH; when missing, `make` installs it with pip into ~/.local/bin (see .uv below).
+UV ?= $(or $(shell command -v uv 2>/dev/null),$(HOME)/.local/bin/uv)
 RUN = $(UV) run --no-sync
 SRC = services gateway nginx tests benchmarks
 NGINX ?= $(shell command -v nginx || echo /usr/sbin/nginx)
@@ -15,8 +16,12 @@ STAMP := $(shell date -u +%Y%m%dT%H%M%SZ)
 
 all: test
 
-sync:
+sync: | $(UV)
 	$(UV) sync --locked --extra $(ORT)
+
+$(HOME)/.local/bin/uv:
+	python3 -m pip install --quiet --user uv \
+		|| python3 -m pip install --quiet --user --break-system-packages uv
 
 system-deps:
 	scripts/system-deps.sh
