@@ -189,7 +189,11 @@ class EnrollRequest(_message.Message):
     GATES_FIELD_NUMBER: _builtins.int
     FACE_INDEX_FIELD_NUMBER: _builtins.int
     gallery: _builtins.str
+    """1-64 characters: letters, digits, '_', '.', '-', starting with a letter or digit."""
     subject_id: _builtins.str
+    """1-128 printable characters, no surrounding spaces, no '/', and not '.' or '..'
+    (a subject id is one segment of the REST paths).
+    """
     image: _builtins.bytes
     metadata_json: _builtins.str
     """A JSON object stored with the face and the subject (size-limited)."""

@@ -99,6 +99,17 @@ function photoForm(fields) {
 
 const enc = encodeURIComponent;
 
+/**
+ * A subject ID as one path segment. Browsers resolve "." and ".." segments (even as %2E)
+ * and the gateway routes on the decoded path, so such IDs would reach another address.
+ */
+function subjectSegment(subjectId) {
+  if (subjectId === "." || subjectId === ".." || subjectId.includes("/")) {
+    throw new ApiError("unaddressable_subject_id", 0, { detail: `subject ID “${subjectId}”` });
+  }
+  return enc(subjectId);
+}
+
 export const api = {
   version: () => call("GET", "/version"),
 
@@ -113,11 +124,11 @@ export const api = {
       query: { page_size: pageSize, page_token: pageToken },
     }),
 
-  deleteSubject: (gallery, subjectId) =>
-    call("DELETE", `/galleries/${enc(gallery)}/subjects/${enc(subjectId)}`),
+  deleteSubject: async (gallery, subjectId) =>
+    call("DELETE", `/galleries/${enc(gallery)}/subjects/${subjectSegment(subjectId)}`),
 
-  enroll: (gallery, subjectId, image, faceIndex, metadata) =>
-    call("POST", `/galleries/${enc(gallery)}/subjects/${enc(subjectId)}/faces`, {
+  enroll: async (gallery, subjectId, image, faceIndex, metadata) =>
+    call("POST", `/galleries/${enc(gallery)}/subjects/${subjectSegment(subjectId)}/faces`, {
       form: photoForm({
         image,
         face_index: faceIndex,

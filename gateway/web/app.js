@@ -11,6 +11,11 @@ function initApiKey(onChange) {
   const settings = document.getElementById("settings");
   input.value = apiKey();
   settings.classList.toggle("has-key", Boolean(input.value));
+  settings.addEventListener("keydown", (event) => {
+    if (event.key !== "Escape" || !settings.open) return;
+    settings.open = false;
+    settings.querySelector("summary").focus();
+  });
   input.addEventListener("change", () => {
     setApiKey(input.value.trim());
     settings.classList.toggle("has-key", Boolean(input.value.trim()));

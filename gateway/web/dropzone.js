@@ -4,6 +4,17 @@ function firstFile(fileList) {
   return fileList && fileList.length ? fileList[0] : null;
 }
 
+const carriesFiles = (event) => Boolean(event.dataTransfer?.types.includes("Files"));
+
+// A file dropped beside a drop zone would make the browser leave the page to show it.
+for (const type of ["dragover", "drop"]) {
+  document.addEventListener(type, (event) => {
+    if (!carriesFiles(event) || event.defaultPrevented) return;
+    event.preventDefault();
+    event.dataTransfer.dropEffect = "none";
+  });
+}
+
 /** Calls `onFile(file)` for a file dropped on `zone` or picked with `input`. */
 export function bindDropzone(zone, input, onFile) {
   zone.addEventListener("dragover", (event) => {

@@ -83,6 +83,9 @@ const MESSAGES = {
   embedding_model_mismatch: () =>
     "This gallery was built with a different recognition model and cannot be used with the current one.",
   internal: () => "Something went wrong on the server. Try again; if it persists, contact the operator.",
+  unaddressable_subject_id: () =>
+    "A subject ID that is “.” or “..” or contains “/” cannot be sent in a web address: " +
+    "use another ID.",
   network_error: () => "The service could not be reached. Check the connection and try again.",
   camera_unavailable: () => "This browser cannot use a camera here (it needs HTTPS or localhost).",
   camera_denied: () => "Access to the camera was refused. Allow it in the browser to take a photo.",

@@ -22,10 +22,11 @@ function dateText(iso) {
   return iso ? new Date(iso).toLocaleDateString(undefined, { dateStyle: "medium" }) : "";
 }
 
-function cell(className, text) {
+function cell(className, text, title = "") {
   const element = document.createElement("span");
   element.className = className;
   element.textContent = text;
+  if (title) element.title = title; // the whole text of a cut-off cell
   return element;
 }
 
@@ -48,9 +49,9 @@ export function initSubjects(onChanged) {
     remove.addEventListener("click", () => removeSubject(subject, item));
     const created = dateText(subject.created_at);
     item.append(
-      cell("subject-id", subject.subject_id),
+      cell("subject-id", subject.subject_id, subject.subject_id),
       cell("subject-faces", plural(subject.face_count, "face")),
-      cell("subject-meta", metadataText(subject.metadata)),
+      cell("subject-meta", metadataText(subject.metadata), metadataText(subject.metadata)),
       cell("subject-date", created ? `enrolled ${created}` : ""),
       remove,
     );
@@ -94,8 +95,13 @@ export function initSubjects(onChanged) {
     if (!ok) return;
     try {
       const { deleted_faces: deleted } = await api.deleteSubject(gallery, subject.subject_id);
+      // The focus was on this row's button: move it to a neighbour's rather than lose it.
+      const neighbour = item.nextElementSibling || item.previousElementSibling;
+      const focus = document.activeElement;
+      const hadFocus = item.contains(focus) || focus === document.body;
       item.remove();
       updateState();
+      if (hadFocus) (neighbour?.querySelector("button") || refreshButton).focus();
       showSuccess(`Deleted “${subject.subject_id}” (${plural(deleted, "face")}).`);
       onChanged();
     } catch (error) {

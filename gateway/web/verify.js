@@ -1,6 +1,7 @@
 // Verify: the largest face of a photo against another photo's, or an enrolled subject.
 
 import { api } from "./api.js";
+import { keepingFocus } from "./busy.js";
 import { bindDropzone } from "./dropzone.js";
 import { renderOverlay } from "./faces.js";
 import { showError, showInfo } from "./notice.js";
@@ -21,15 +22,24 @@ function slot(zone, onChange) {
     overlay: zone.querySelector(".overlay"),
     input: zone.querySelector("input[type=file]"),
   };
-  zone.querySelector("[data-pick]").addEventListener("click", () => parts.input.click());
+  const change = zone.querySelector(".slot-change");
+  for (const pick of zone.querySelectorAll("[data-pick]")) {
+    pick.addEventListener("click", () => parts.input.click());
+  }
   bindDropzone(zone, parts.input, (file) => {
     parts.file = file;
     if (parts.img.src) URL.revokeObjectURL(parts.img.src);
     parts.img.src = URL.createObjectURL(file);
     parts.img.alt = `Photo ${file.name}`;
     parts.overlay.replaceChildren();
+    parts.frame.classList.remove("no-preview");
+    // The service reads more formats (HEIC, TIFF…) than browsers show.
+    parts.img.decode().catch(() => {
+      if (parts.file === file) parts.frame.classList.add("no-preview");
+    });
     parts.empty.hidden = true;
     parts.frame.hidden = false;
+    change.hidden = false;
     zone.classList.add("has-photo");
     onChange();
   });
@@ -75,7 +85,9 @@ export function initVerify(currentGallery) {
   }
   subjectInput.addEventListener("input", update);
 
-  button.addEventListener("click", async () => {
+  button.addEventListener("click", () => keepingFocus(button, compare));
+
+  async function compare() {
     button.disabled = true;
     showInfo("Comparing faces…");
     try {
@@ -91,7 +103,7 @@ export function initVerify(currentGallery) {
     } finally {
       button.disabled = false;
     }
-  });
+  }
 
   return { setGallery: update };
 }

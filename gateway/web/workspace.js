@@ -1,6 +1,7 @@
 // The photo workspace: upload or capture, analyze, select a face, enroll it, identify.
 
 import { api, ApiError } from "./api.js";
+import { keepingFocus } from "./busy.js";
 import { captureFrame, startCamera, stopCamera } from "./camera.js";
 import { bindDropzone } from "./dropzone.js";
 import { faceStatus, faceThumbnail, qualityReadout, renderOverlay } from "./faces.js";
@@ -81,6 +82,7 @@ function candidateRow(candidate, result, threshold) {
   const name = document.createElement("span");
   name.className = "candidate-name";
   name.textContent = candidate.subject_id;
+  name.title = candidate.subject_id;
   const bar = document.createElement("span");
   bar.className = "bar";
   bar.setAttribute("aria-hidden", "true");
@@ -161,7 +163,17 @@ function summaryText() {
   return `${total} · ${known} known · ${unknown} unknown · threshold ${state.threshold.toFixed(2)}`;
 }
 
+/** Without a browser preview (HEIC, TIFF…), an empty frame of the photo's shape holds the boxes. */
+function shapeFrame() {
+  const { image } = state;
+  const placeholder = Boolean(image && !state.preview);
+  el.frame.classList.toggle("no-preview", placeholder);
+  el.frame.style.aspectRatio = placeholder ? `${image.width} / ${image.height}` : "";
+  el.frame.style.width = placeholder ? `min(100%, ${(72 * image.width) / image.height}vh)` : "";
+}
+
 function render() {
+  shapeFrame();
   if (state.image) {
     renderOverlay(el.overlay, state.image, state.faces, {
       selected: state.selected,
@@ -242,6 +254,10 @@ async function setPhoto(file) {
 }
 
 async function identify() {
+  await keepingFocus(el.identify, identifyPhoto);
+}
+
+async function identifyPhoto() {
   setBusy("Identifying…");
   try {
     const reply = await api.identify(state.gallery, state.photo);
@@ -253,6 +269,14 @@ async function identify() {
     render();
     const known = reply.faces.filter((r) => !r.unknown).length;
     const unknown = reply.faces.length - known;
+    if (reply.faces.length && reply.faces.every((r) => !r.candidates.length)) {
+      // Only an empty gallery has no candidate at all.
+      showInfo(
+        `No one is enrolled in “${state.gallery}” yet, so every face is unknown.`,
+        "Select a face and enroll it first.",
+      );
+      return;
+    }
     showInfo(`Identified ${plural(reply.faces.length, "face")}: ${known} known, ${unknown} unknown.`);
   } catch (error) {
     setBusy(null);
@@ -339,7 +363,7 @@ export function initWorkspace(onEnrolled) {
   el.identify.addEventListener("click", identify);
   el.enrollForm.addEventListener("submit", (event) => {
     event.preventDefault();
-    enroll(onEnrolled);
+    keepingFocus(el.enrollButton, () => enroll(onEnrolled));
   });
   render();
 

@@ -25,15 +25,24 @@ def gallery_name(name: str) -> str:
 
 
 def subject_id(value: str) -> str:
+    """Any printable id that can also be one segment of a REST path.
+
+    No '/', and not '.' or '..': URL normalisation (browsers, proxies) would make such an
+    id address another resource, so a subject stored under it could not be read or deleted
+    through the gateway.
+    """
     if (
         not value
         or len(value) > MAX_SUBJECT_ID
         or not value.isprintable()
         or value != value.strip()
+        or "/" in value
+        or value in (".", "..")
     ):
         raise FaceScoreError(
             Reason.INVALID_ARGUMENT,
-            f"subject_id must be 1-{MAX_SUBJECT_ID} printable characters, no surrounding spaces",
+            f"subject_id must be 1-{MAX_SUBJECT_ID} printable characters, no surrounding "
+            "spaces, no '/', and not '.' or '..'",
             metadata={"field": "subject_id"},
         )
     return value

@@ -331,6 +331,62 @@ def test_subjects_paginate_delete_and_the_api_key_is_sent(
     assert reply.json()["code"] == "subject_not_found"
 
 
+def test_keyboard_focus_is_kept_and_unaddressable_subject_ids_are_refused(
+    page: Page, gateway_service: ServiceProcess, t1: Path
+) -> None:
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+
+    gallery = unique("keys")
+    create_gallery(gateway_service, gallery)
+    page.reload()
+    page.get_by_test_id("gallery-select").select_option(gallery)
+    page.get_by_test_id("photo-input").set_input_files(t1)
+    expect(page.get_by_test_id("face-item")).to_have_count(T1_FACES)
+
+    # Identify in an empty gallery says why every face is unknown; the focus stays put.
+    identify = page.get_by_test_id("identify-button")
+    identify.focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_test_id("notice-title")).to_have_text(
+        f"No one is enrolled in “{gallery}” yet, so every face is unknown."
+    )
+    expect(identify).to_be_focused()
+
+    # "." and ".." would be resolved away by the browser: another address, another action.
+    sent: list[str] = []
+    page.on("request", lambda request: sent.append(request.url))
+    page.locator('[data-testid=face-item][data-index="0"] button').press("Enter")
+    page.get_by_label("Subject ID", exact=True).fill("..")
+    page.get_by_test_id("enroll-button").press("Enter")
+    expect(page.get_by_test_id("notice-detail")).to_contain_text("code: unaddressable_subject_id")
+    assert not [url for url in sent if "/subjects/" in url]
+
+    # A photo in a verify slot can be replaced without dragging (phones, keyboards).
+    page.get_by_test_id("verify-a-input").set_input_files(t1)
+    change = page.get_by_role("button", name="Change the first photo")
+    expect(change).to_be_visible()
+    page.get_by_test_id("verify-a-input").evaluate(
+        "(input) => input.addEventListener('click', (event) => {"
+        "  event.preventDefault(); input.dataset.picked = 'yes'; })"
+    )
+    change.press("Enter")
+    expect(page.get_by_test_id("verify-a-input")).to_have_attribute("data-picked", "yes")
+
+    # A photo dropped beside the drop zones does not replace the page.
+    dropped_beside = page.evaluate(
+        """() => {
+            const files = new DataTransfer();
+            files.items.add(new File(["x"], "photo.jpg", { type: "image/jpeg" }));
+            const drop = new DragEvent(
+                "drop", { dataTransfer: files, bubbles: true, cancelable: true });
+            document.querySelector("footer").dispatchEvent(drop);
+            return drop.defaultPrevented;
+        }"""
+    )
+    assert dropped_beside
+
+
 def test_api_docs_render_offline(browser: Browser, gateway_service: ServiceProcess) -> None:
     context = browser.new_context(viewport=DESKTOP)
     page = context.new_page()

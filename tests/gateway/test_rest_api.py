@@ -169,6 +169,13 @@ def test_user_mistakes_get_4xx_problems(api: httpx.Client, gallery: str, photo: 
         "unsupported_image_format",
     )
     problem(api.post(enroll, json={"image_base64": "***"}), 400, "invalid_argument")
+    # ".." percent-encoded reaches the gateway as a subject id no path could address.
+    dots = problem(
+        api.post(f"{base}/subjects/%2E%2E/faces", files=upload(photo("yaoming.jpg"))),
+        400,
+        "invalid_argument",
+    )
+    assert dots["field"] == "subject_id"
     problem(api.post(enroll, json={"face_index": 1}), 422, "validation_error")
     problem(
         api.post(enroll, content=b"raw", headers={"content-type": "text/plain"}),

@@ -398,6 +398,13 @@ def test_reasons_of_bad_requests(score: Client, gallery: str, photo: Photo) -> N
         )
         == "invalid_argument"
     )
+    # Ids that cannot be one segment of a REST path are refused before anything is stored.
+    for bad in ("..", ".", "a/b", " x", ""):
+        with pytest.raises(grpc.RpcError) as raised:
+            score.Enroll(req(gallery=gallery, subject_id=bad, image=photo("yaoming.jpg")))
+        assert reason_of(raised.value) == "invalid_argument", bad
+        assert "subject_id" in (raised.value.details() or ""), bad
+    assert score.Enroll(req(gallery=gallery, subject_id="J. Doe (2)", image=photo("yaoming.jpg")))
     assert (
         reason(
             lambda: score.DeleteFace(
