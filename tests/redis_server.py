@@ -9,6 +9,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
@@ -29,7 +30,12 @@ class RedisServer:
     """
 
     def __init__(
-        self, password: str | None = None, *, port: int | None = None, start: bool = True
+        self,
+        password: str | None = None,
+        *,
+        port: int | None = None,
+        start: bool = True,
+        extra_args: Sequence[str] = (),
     ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
@@ -39,6 +45,7 @@ class RedisServer:
             )
         self.binary = binary
         self.password = password
+        self.extra_args = list(extra_args)
         self._port_chosen = port is not None
         self.port = port if port is not None else free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="facescore-redis-"))
@@ -94,6 +101,7 @@ class RedisServer:
         ]
         if self.password:
             args += ["--requirepass", self.password]
+        args = self._command(args + self.extra_args)
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
         )
@@ -106,6 +114,9 @@ class RedisServer:
             time.sleep(0.02)
         self.kill()
         return False
+
+    def _command(self, args: list[str]) -> list[str]:
+        return args
 
     def _answers_ping(self) -> bool:
         try:
@@ -174,3 +185,60 @@ class RedisServer:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class RedisSentinel(RedisServer):
+    """redis-server in Sentinel mode on 127.0.0.1, watching one master under `name`.
+
+    Quick to act, for tests: a master that does not answer for 1 s is down.
+    """
+
+    def __init__(self, master: RedisServer, name: str = "mymaster") -> None:
+        self.master, self.name = master, name
+        super().__init__(start=False)
+        self.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _command(self, args: list[str]) -> list[str]:
+        # Sentinel rewrites its configuration file, so it must have one of its own.
+        config = self.dir / "sentinel.conf"
+        config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
+            f"logfile {self.log_path}\n"
+            f"sentinel monitor {self.name} 127.0.0.1 {self.master.port} 1\n"
+            f"sentinel down-after-milliseconds {self.name} 1000\n"
+            f"sentinel failover-timeout {self.name} 10000\n"
+            + (
+                f"sentinel auth-pass {self.name} {self.master.password}\n"
+                if self.master.password
+                else ""
+            )
+        )
+        return [self.binary, str(config), "--sentinel"]
+
+    def master_port(self) -> int:
+        with self.client() as client:
+            _, port = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.name)
+        return int(port)
+
+    def replicas_ready(self) -> int:
+        """Replicas Sentinel knows and would promote (linked to the master, not down)."""
+        with self.client() as client:
+            replicas = client.execute_command("SENTINEL", "REPLICAS", self.name)
+        ready = 0
+        for replica in replicas:
+            info = (
+                dict(zip(replica[::2], replica[1::2], strict=True))
+                if isinstance(replica, list)
+                else replica
+            )
+            flags = info.get(b"flags", info.get("flags", b""))
+            link = info.get(b"master-link-status", info.get("master-link-status", b""))
+            flags = flags.decode() if isinstance(flags, bytes) else str(flags)
+            link = link.decode() if isinstance(link, bytes) else str(link)
+            if "down" not in flags and "disconnected" not in flags and link == "ok":
+                ready += 1
+        return ready

@@ -39,10 +39,11 @@ import shutil
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import httpx
 
+from services.score.redis_target import RedisTarget, redacted
 from services.score.settings import ScoreSettings
 
 MANIFEST = "manifest.json"
@@ -105,12 +106,6 @@ def _safe_relative(name: str) -> PurePosixPath:
     ):
         raise AdminError(f"the manifest names an unexpected path {name!r}; refusing the backup")
     return path
-
-
-def _redacted(url: str) -> str:
-    parts = urlsplit(url)
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
 
 
 def _facescore_version() -> str:
@@ -310,7 +305,7 @@ def _server(settings: ScoreSettings) -> Iterator[_Server]:
         raise
     except Exception as error:
         raise AdminError(
-            f"Qdrant at {_redacted(server.url)} failed: {type(error).__name__}: {error}"
+            f"Qdrant at {redacted(server.url)} failed: {type(error).__name__}: {error}"
         ) from error
     finally:
         server.close()
@@ -320,12 +315,15 @@ def _server(settings: ScoreSettings) -> Iterator[_Server]:
 
 
 def _redis(settings: ScoreSettings) -> Any:
-    import redis
+    target = RedisTarget.from_settings(settings)
+    assert target is not None
+    return target.sync_client(socket_timeout=30, socket_connect_timeout=5)
 
-    assert settings.redis_url is not None
-    return redis.Redis.from_url(
-        settings.redis_url.get_secret_value(), socket_timeout=30, socket_connect_timeout=5
-    )
+
+def _redis_where(settings: ScoreSettings) -> str:
+    target = RedisTarget.from_settings(settings)
+    assert target is not None
+    return target.describe()
 
 
 @contextlib.contextmanager
@@ -336,7 +334,7 @@ def _redis_errors(settings: ScoreSettings, hint: str) -> Iterator[None]:
     try:
         yield
     except (redis.RedisError, OSError) as error:
-        where = _redacted(settings.redis_url.get_secret_value())
+        where = _redis_where(settings)
         raise AdminError(f"Redis at {where} failed: {error}{hint}") from error
 
 
@@ -485,7 +483,7 @@ def _backup_server(settings: ScoreSettings, staging: Path, say: Say) -> dict[str
         names = server.collections(settings.collection_prefix)
         if not names:
             raise AdminError(
-                f"nothing to back up: Qdrant at {_redacted(server.url)} has no collection "
+                f"nothing to back up: Qdrant at {redacted(server.url)} has no collection "
                 f"named {settings.collection_prefix}_*"
             )
         collections = []
@@ -499,7 +497,7 @@ def _backup_server(settings: ScoreSettings, staging: Path, say: Say) -> dict[str
             say(f"snapshot of {name} downloaded")
     return {
         "mode": "server",
-        "source": _redacted(settings.qdrant_url or ""),
+        "source": redacted(settings.qdrant_url or ""),
         "collections": collections,
         "models": models,
     }
@@ -510,7 +508,7 @@ def _backup_redis(
 ) -> dict[str, Any] | None:
     if settings.redis_url is None:
         return None
-    where = _redacted(settings.redis_url.get_secret_value())
+    where = _redis_where(settings)
     if not include:
         say(f"Redis at {where} skipped (--skip-redis); the analysis cache refills by itself")
         return {"source": where, "skipped": True}
@@ -684,7 +682,7 @@ def _restore_server(
     with _server(settings) as server:
         found = [f"collection {c['name']}" for c in collections if server.exists(c["name"])]
         if found and not yes:
-            raise _refuse(f"Qdrant at {_redacted(server.url)}", found)
+            raise _refuse(f"Qdrant at {redacted(server.url)}", found)
         redis_found = _refuse_redis_data(settings, yes, restore_redis)
         if redis_found:
             raise _refuse("Redis", redis_found)

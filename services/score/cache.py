@@ -15,7 +15,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
-from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 import structlog
@@ -24,6 +23,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
+from services.score.redis_target import RedisTarget
 from services.score.settings import ScoreSettings
 
 log = structlog.get_logger(__name__)
@@ -158,14 +158,6 @@ class MemoryCache:
         }
 
 
-def _redacted(url: str) -> str:
-    """scheme://host:port/db of a Redis URL, without the password, for logs and health."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
-
-
 def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
@@ -183,7 +175,7 @@ class RedisCache:
 
     def __init__(
         self,
-        url: str,
+        target: RedisTarget | str,
         *,
         ttl_s: int,
         timeout_s: float,
@@ -196,12 +188,13 @@ class RedisCache:
         # While down, one warning per max(retry_s, warn_every_s): a day-long outage at the
         # default 5 s retry would otherwise write 17,000 identical lines.
         self.warn_every_s = max(retry_s, warn_every_s)
-        self.target = _redacted(url)
-        # from_url does no I/O; a malformed URL fails here, at startup, not on the first call.
+        if isinstance(target, str):
+            target = RedisTarget(target)
+        self.target = target.describe()
+        # No I/O here; a malformed URL fails here, at startup, not on the first call.
         # redis-py retries a failed command with backoff by default, which would turn the one
         # call that discovers an outage into a multi-second stall: the breaker retries instead.
-        self._client: aioredis.Redis = aioredis.Redis.from_url(
-            url,
+        self._client: aioredis.Redis = target.async_client(
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0),
@@ -365,9 +358,10 @@ class RedisCache:
 
 def make_cache(settings: ScoreSettings) -> AnalysisCache:
     """Redis when SCORE_REDIS_URL is set, else the in-process cache (off at cache_max_bytes=0)."""
-    if settings.redis_url is not None:
+    target = RedisTarget.from_settings(settings)
+    if target is not None:
         return RedisCache(
-            settings.redis_url.get_secret_value(),
+            target,
             ttl_s=settings.cache_ttl_s,
             timeout_s=settings.redis_timeout_s,
             retry_s=settings.redis_retry_s,

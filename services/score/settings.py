@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Self
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import REPO_ROOT, MiB, ServerSettings
+from services.score.redis_target import sentinel_addresses
 
 
 class ScoreSettings(ServerSettings):
@@ -51,7 +54,16 @@ class ScoreSettings(ServerSettings):
     on_disk: bool = Field(False, description="Keep vectors and the HNSW index on disk.")
     redis_url: SecretStr | None = Field(
         None,
-        description="redis:// or rediss:// URL (password included); unset = in-process cache.",
+        description="redis:// or rediss:// URL (password included); unset = in-process cache. "
+        "With REDIS_SENTINELS set, its host is the master's name as the Sentinels know it.",
+    )
+    redis_sentinels: str = Field(
+        "",
+        description="Redis Sentinels, host:port,host:port: the cache asks them for the current "
+        "master of REDIS_URL's host and follows failovers. Empty = REDIS_URL is the server.",
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        None, description="Password of the Sentinels themselves, when they require one."
     )
     cache_ttl_s: int = Field(86_400, ge=1, description="How long a photo's analysis is cached.")
     cache_max_bytes: int = Field(
@@ -81,3 +93,20 @@ class ScoreSettings(ServerSettings):
     )
     min_detection_score: float = Field(0.6, ge=0, le=1, description="Enroll gate: detection score.")
     max_abs_yaw: float = Field(60.0, ge=0, le=90, description="Enroll gate: |yaw| in degrees.")
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinels_are_addresses(cls, value: str) -> str:
+        sentinel_addresses(value)  # raises ValueError naming the bad entry
+        return value
+
+    @model_validator(mode="after")
+    def _sentinels_need_a_master(self) -> Self:
+        if self.redis_sentinels.strip():
+            url = self.redis_url.get_secret_value() if self.redis_url else ""
+            if not urlsplit(url).hostname:
+                raise ValueError(
+                    "SCORE_REDIS_SENTINELS needs SCORE_REDIS_URL naming the master as its host, "
+                    "for example redis://:PASSWORD@mymaster/0"
+                )
+        return self
