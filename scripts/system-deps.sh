@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the system programs the tests start themselves, when missing: redis-server,
-# nginx, and Chromium for the headless-browser test (Playwright drives the system browser).
+# nginx, Chromium for the headless-browser test (Playwright drives the system browser), curl.
 # As root it uses apt-get; otherwise it says what to install and fails: never a silent skip.
 set -euo pipefail
 missing=()
@@ -8,6 +8,7 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || missing+=(nginx)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v curl >/dev/null 2>&1 || missing+=(curl)  # the README's examples, run by tests/test_readme.py
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing ${missing[*]}"
