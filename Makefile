@@ -35,10 +35,12 @@ proto: sync
 		--mypy_out=. --mypy_grpc_out=. protos/facescore/v1/*.proto
 
 run: models
+	$(RUN) facescore check-ports
 	$(RUN) honcho start -f Procfile detect embed score gateway ready
 
 # The same stack behind a local nginx (page at http://127.0.0.1:8080/); nginx runs from data/nginx.
 run-nginx: models
+	$(RUN) facescore check-ports --extra 8080
 	mkdir -p data/nginx
 	$(RUN) python -m nginx.render --out data/nginx/nginx.conf --listen-address 127.0.0.1 \
 		--upstream 127.0.0.1:8000

@@ -6,6 +6,10 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from services.common.settings import ServerSettings
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -46,15 +50,42 @@ def _healthcheck(args: argparse.Namespace) -> int:
     return healthcheck(args.address)
 
 
-def _watch(args: argparse.Namespace) -> int:
+def _grpc_stack() -> list[tuple[str, ServerSettings]]:
     from services.detect.settings import DetectSettings
     from services.embed.settings import EmbedSettings
-    from services.health import watch
     from services.score.settings import ScoreSettings
 
+    return [("detect", DetectSettings()), ("embed", EmbedSettings()), ("score", ScoreSettings())]
+
+
+def _check_ports(args: argparse.Namespace) -> int:
+    from gateway.settings import GatewaySettings
+    from services.health import ports_in_use
+
+    wanted: list[tuple[str, str, int]] = []
+    for name, settings in _grpc_stack():
+        wanted.append((name, settings.host, settings.port))
+        if settings.metrics_port:
+            wanted.append((f"{name} metrics", settings.host, settings.metrics_port))
+    gateway = GatewaySettings()
+    wanted.append(("gateway", gateway.host, gateway.port))
+    wanted += [("extra", "127.0.0.1", port) for port in args.extra]
+    taken = ports_in_use(wanted)
+    if taken:
+        where = ", ".join(f"{host}:{port} ({name})" for name, host, port in taken)
+        print(
+            f"error: already in use: {where}.\nIs facescore already running? Stop it (Ctrl-C "
+            "where `make run` runs), or choose other ports (`facescore settings` lists them).",
+            file=sys.stderr,
+        )
+    return 1 if taken else 0
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from services.health import watch
+
     services = {}
-    stack = (("detect", DetectSettings()), ("embed", EmbedSettings()), ("score", ScoreSettings()))
-    for name, settings in stack:
+    for name, settings in _grpc_stack():
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
         services[name] = f"{host}:{settings.port}"
     from gateway.settings import GatewaySettings
@@ -162,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("healthcheck", help="exit 0 when the service at TARGET serves")
     check.add_argument("address", help="host:port (gRPC health) or an http(s) URL (200 = ok)")
     check.set_defaults(func=_healthcheck)
+
+    ports = sub.add_parser(
+        "check-ports", help="exit 1, naming them, when the local stack's ports are taken"
+    )
+    ports.add_argument("--extra", type=int, nargs="*", default=[], help="more ports to check")
+    ports.set_defaults(func=_check_ports)
 
     watch = sub.add_parser("watch", help="wait for the local stack, print its addresses, watch it")
     watch.add_argument("--page-url", help="the URL to print for the web page")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 
 import grpc
@@ -39,6 +40,21 @@ async def http_status(url: str, timeout: float = 2.0) -> str:
 
 async def status_of(target: str) -> str:
     return await (http_status(target) if target.startswith("http") else grpc_status(target))
+
+
+def ports_in_use(wanted: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    """The (name, host, port) entries that cannot be bound now: another process holds them."""
+    taken = []
+    for name, host, port in wanted:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            # As the servers do: a port left in TIME_WAIT by a stopped server is free.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host or "0.0.0.0", port))
+            except OSError:
+                taken.append((name, host, port))
+    return taken
 
 
 def healthcheck(address: str) -> int:

@@ -116,6 +116,11 @@ def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
+# gRPC binds with SO_REUSEPORT by default: a second server on a taken port would start and
+# silently share its traffic with the first. Off, a taken port fails the start.
+SERVER_BIND_OPTIONS = [("grpc.so_reuseport", 0)]
+
+
 # Clients re-resolve DNS only when a connection closes: closing each connection after a while
 # lets round_robin clients find replicas added since (scale-out, autoscaling).
 SERVER_CONNECTION_OPTIONS = [
@@ -130,7 +135,9 @@ async def serve(
     """Run `service` until SIGTERM, SIGINT or `stopping`; returns the process exit code."""
     server = grpc.aio.server(
         interceptors=[ObservabilityInterceptor()],
-        options=grpc_options(settings.max_message_bytes) + SERVER_CONNECTION_OPTIONS,
+        options=grpc_options(settings.max_message_bytes)
+        + SERVER_CONNECTION_OPTIONS
+        + SERVER_BIND_OPTIONS,
     )
     service.register(server)
     health = HealthServicer()
@@ -146,8 +153,16 @@ async def serve(
         server,
     )
     address = f"{settings.host}:{settings.port}"
-    if server.add_insecure_port(address) == 0:
-        log.error("cannot bind", address=address)
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError:  # grpcio raises where older releases returned 0
+        bound = 0
+    if bound == 0:
+        log.error(
+            "cannot bind: the port is in use (is this service already running?) or the "
+            "address is not one of this machine's",
+            address=address,
+        )
         return 1
     await server.start()
 

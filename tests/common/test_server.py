@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import grpc
 import structlog
+import structlog.testing
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
@@ -158,3 +163,46 @@ def test_cpu_fallback_only_when_allowed(start_service: Callable[..., ServiceProc
         )
     assert list(info.providers) == ["CPUExecutionProvider"]
     assert "running on the CPU" in service.logs()
+
+
+async def test_a_taken_port_fails_the_start() -> None:
+    """gRPC's default SO_REUSEPORT would let a second server share the port in silence."""
+    first, second = GatedService(), GatedService()
+    first.release.set()
+    settings = ServerSettings(port=free_port(), metrics_port=0, grace_period_s=1)
+    stopping = asyncio.Event()
+    running = asyncio.create_task(serve(first, settings, stopping))
+    try:
+        for _ in range(100):
+            try:
+                await _status(f"127.0.0.1:{settings.port}")
+                break
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.05)
+        with structlog.testing.capture_logs() as logs:
+            assert await asyncio.wait_for(serve(second, settings, asyncio.Event()), 10) == 1
+        assert any(entry["event"].startswith("cannot bind") for entry in logs)
+    finally:
+        stopping.set()
+        assert await asyncio.wait_for(running, 10) == 0
+
+
+def test_check_ports_names_a_taken_port() -> None:
+    ports = {
+        name: str(free_port())
+        for name in (
+            "DETECT_PORT", "DETECT_METRICS_PORT", "EMBED_PORT", "EMBED_METRICS_PORT",
+            "SCORE_PORT", "SCORE_METRICS_PORT", "GATEWAY_PORT",
+        )
+    }  # fmt: skip
+    env = {**os.environ, **ports}
+    command = [sys.executable, "-m", "services.cli", "check-ports"]
+    free = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert free.returncode == 0, free.stderr
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", int(ports["EMBED_PORT"])))
+        holder.listen()
+        taken = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert taken.returncode == 1
+    assert f"already in use: 127.0.0.1:{ports['EMBED_PORT']} (embed)." in taken.stderr
+    assert taken.stderr.count("error:") == 1
