@@ -453,28 +453,22 @@ class GalleryStore:
     async def search(self, gallery: str, vector: list[float], top_k: int) -> list[Hit]:
         """The best face of each of the `top_k` most similar subjects.
 
-        One plain nearest-neighbour query for SEARCH_OVERFETCH x top_k faces, grouped here by
-        subject, answers most calls: when those faces hold top_k subjects, or are all the
-        gallery has, no subject left out can beat the ones found. Otherwise (a few subjects
-        with many faces each) Qdrant's grouped query answers. Both give the same result; the
-        grouped query costs several times more, in embedded mode above all.
+        A plain nearest-neighbour query for SEARCH_OVERFETCH x top_k faces, grouped here by
+        subject, answers most calls: when those faces hold top_k subjects of the gallery, or
+        are all there is, no subject left out can beat the ones found. Otherwise (a few
+        subjects with many faces each) Qdrant's grouped query answers. In embedded mode the
+        first query leaves out the gallery filter, which qdrant-client's local mode checks
+        point by point in Python (most of a search's time); it answers when the gallery
+        holds most of the collection, as it does under `make run`. Every path gives the
+        same result.
         """
-        limit = top_k * SEARCH_OVERFETCH
-        async with self._qdrant():
-            result = await self.client.query_points(
-                self.collection,
-                query=vector,
-                limit=limit,
-                query_filter=_match(gallery=gallery),
-                with_payload=["subject_id"],
-            )
-        best: dict[str, Hit] = {}
-        for point in result.points:
-            subject = str((point.payload or {}).get("subject_id", ""))
-            if subject and subject not in best:
-                best[subject] = Hit(subject, float(point.score), str(point.id))
-        if len(best) >= top_k or len(result.points) < limit:
-            return list(best.values())[:top_k]
+        if self.mode == "embedded":
+            hits, complete = await self._best_per_subject(gallery, vector, top_k, filtered=False)
+            if complete:
+                return hits
+        hits, complete = await self._best_per_subject(gallery, vector, top_k, filtered=True)
+        if complete:
+            return hits
         async with self._qdrant():
             groups = await self.client.query_points_groups(
                 self.collection,
@@ -490,6 +484,28 @@ class GalleryStore:
             for group in groups.groups
             if group.hits
         ]
+
+    async def _best_per_subject(
+        self, gallery: str, vector: list[float], top_k: int, *, filtered: bool
+    ) -> tuple[list[Hit], bool]:
+        """The best face per subject among the nearest faces; True when that is the answer."""
+        limit = top_k * SEARCH_OVERFETCH
+        async with self._qdrant():
+            result = await self.client.query_points(
+                self.collection,
+                query=vector,
+                limit=limit,
+                query_filter=_match(gallery=gallery) if filtered else None,
+                with_payload=["gallery", "subject_id"],
+            )
+        best: dict[str, Hit] = {}
+        for point in result.points:
+            payload = point.payload or {}
+            subject = str(payload.get("subject_id", ""))
+            if payload.get("gallery") == gallery and subject and subject not in best:
+                best[subject] = Hit(subject, float(point.score), str(point.id))
+        complete = len(best) >= top_k or len(result.points) < limit
+        return list(best.values())[:top_k], complete
 
     async def best_face_of(self, gallery: str, subject_id: str, vector: list[float]) -> Hit | None:
         async with self._qdrant():

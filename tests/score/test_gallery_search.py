@@ -109,3 +109,41 @@ async def test_one_subject_crowding_the_top_falls_back_to_grouping(
         assert calls == []
     finally:
         await store.close()
+
+
+async def test_embedded_search_skips_the_filter_only_when_that_is_exact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the gallery filter while the gallery fills the nearest faces; with it otherwise."""
+    rng = np.random.default_rng(11)
+    query = unit(rng.standard_normal(DIM))
+    big = unit(query + 0.3 * rng.standard_normal((60, DIM)))  # all near the query
+    small = unit(-query + 0.3 * rng.standard_normal((6, DIM)))  # all far from it
+    store = await make_store(tmp_path)
+    filters: list[bool] = []
+    original = store.client.query_points
+
+    async def counted(*args: object, **kwargs: object) -> object:
+        filters.append(kwargs.get("query_filter") is not None)
+        return await original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store.client, "query_points", counted)
+    try:
+        big_subjects = [f"b{i}" for i in range(len(big))]
+        small_subjects = [f"s{i}" for i in range(len(small))]
+        big_ids = await fill(store, "big", big, big_subjects)
+        small_ids = await fill(store, "small", small, small_subjects)
+        filters.clear()
+        hits = await store.search("big", query.tolist(), 5)
+        assert filters == [False]  # one unfiltered query answered
+        assert [(h.subject_id, h.face_id) for h in hits] == reference(
+            big, big_subjects, big_ids, query, 5
+        )
+        filters.clear()
+        hits = await store.search("small", query.tolist(), 3)
+        assert filters == [False, True]  # "big" filled the nearest faces: filtered after
+        assert [(h.subject_id, h.face_id) for h in hits] == reference(
+            small, small_subjects, small_ids, query, 3
+        )
+    finally:
+        await store.close()
