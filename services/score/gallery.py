@@ -6,9 +6,11 @@ per subject (name, metadata, created time); face counts always come from the fac
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 import warnings
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -96,6 +98,24 @@ class GalleryStore:
         self.collection = f"{settings.collection_prefix}_{identity.name}_{identity.sha256[:12]}"
         self.registry = f"{settings.collection_prefix}_registry"
         self._client: AsyncQdrantClient | None = None
+        self._writers: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+
+    def writing(self, gallery: str) -> asyncio.Lock:
+        """The lock that orders this process's multi-step writes to one gallery.
+
+        Qdrant has no transactions: an enrollment writes a face and then its subject record,
+        a delete removes faces and then records. Interleaved, an enrollment and a delete of
+        the same subject or gallery could leave a face without its subject, a subject
+        without faces, or faces in a deleted gallery. Holders: Enroll's writes, gallery
+        create and delete, subject delete. (Replicas of score do not share it: see
+        docs/scaling.md.)
+        """
+        lock = self._writers.get(gallery)
+        if lock is None:
+            lock = self._writers[gallery] = asyncio.Lock()
+        return lock
 
     @property
     def mode(self) -> str:
@@ -251,7 +271,7 @@ class GalleryStore:
     # Galleries.
 
     async def create_gallery(self, name: str) -> GalleryRecord:
-        async with self._qdrant():
+        async with self.writing(name), self._qdrant():
             if await self._gallery(name) is not None:
                 raise FaceScoreError(
                     Reason.GALLERY_EXISTS,
@@ -305,6 +325,10 @@ class GalleryStore:
         return sorted(records, key=lambda r: r.name)
 
     async def delete_gallery(self, name: str) -> int:
+        async with self.writing(name):
+            return await self._delete_gallery(name)
+
+    async def _delete_gallery(self, name: str) -> int:
         await self.require_gallery(name)
         async with self._qdrant():
             deleted = await self.count_faces(gallery=name)
@@ -370,6 +394,33 @@ class GalleryStore:
                 wait=True,
             )
 
+    async def enroll(
+        self,
+        gallery: str,
+        subject_id: str,
+        point_id: str,
+        vector: list[float],
+        payload: dict[str, Any],
+        metadata_json: str,
+    ) -> bool:
+        """Store one face and its subject record together; True when the face is new.
+
+        Under the gallery's write lock, so that a delete of the subject or the gallery
+        cannot land between the two writes; the gallery is checked again under it (it may
+        have been deleted while the photo was analyzed).
+        """
+        async with self.writing(gallery):
+            await self.require_gallery(gallery)
+            created = not await self.face_exists(point_id)
+            await self.add_face(point_id, vector, payload)
+            try:
+                await self.save_subject(gallery, subject_id, metadata_json)
+            except FaceScoreError:
+                if created:  # no face may outlive a failed enrollment
+                    await self.delete_face(gallery, point_id)
+                raise
+        return created
+
     async def list_subjects(
         self, gallery: str, page_size: int, page_token: str | None
     ) -> tuple[list[SubjectRecord], str | None]:
@@ -394,6 +445,10 @@ class GalleryStore:
             ]
 
     async def delete_subject(self, gallery: str, subject_id: str) -> int:
+        async with self.writing(gallery):
+            return await self._delete_subject(gallery, subject_id)
+
+    async def _delete_subject(self, gallery: str, subject_id: str) -> int:
         await self.require_subject(gallery, subject_id)
         async with self._qdrant():
             deleted = await self.count_faces(gallery=gallery, subject_id=subject_id)

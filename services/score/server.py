@@ -167,7 +167,6 @@ class ScoreService(score_pb2_grpc.ScoreServiceServicer):
         face = analysis.faces[index]
         validation.check_gates(face.quality, face.score, request.gates, self.settings)
         point_id = face_id(gallery, subject, analysis.image.sha256, index)
-        created = not await store.face_exists(point_id)
         payload = {
             "gallery": gallery,
             "subject_id": subject,
@@ -190,13 +189,9 @@ class ScoreService(score_pb2_grpc.ScoreServiceServicer):
             "created": now_ms(),
             "metadata_json": metadata,
         }
-        await store.add_face(point_id, analysis.embeddings[index].tolist(), payload)
-        try:
-            await store.save_subject(gallery, subject, metadata)
-        except FaceScoreError:
-            if created:  # no face may outlive a failed enrollment
-                await store.delete_face(gallery, point_id)
-            raise
+        created = await store.enroll(
+            gallery, subject, point_id, analysis.embeddings[index].tolist(), payload, metadata
+        )
         log.info("enrolled", gallery=gallery, subject_id=subject, face_id=point_id, created=created)
         return score_pb2.EnrollResponse(
             face_id=point_id, face=analysis.face(index), created=created, image=analysis.image

@@ -5,12 +5,13 @@ The Qdrant server binary cannot be installed here; the same client code talks to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import re
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -196,6 +197,80 @@ async def test_concurrent_enrolls_give_exact_counts(
         (f"s{i}", 10) for i in range(5)
     ]
     assert next(g for g in galleries.galleries if g.name == gallery).face_count == 50
+
+
+async def test_enroll_racing_deletes_leaves_no_half_written_state(
+    score_service: ServiceProcess, gallery: str, photo: Photo
+) -> None:
+    """Enrollments of a subject raced by deletes of that subject, then of the gallery.
+
+    Whatever order the calls take, a subject record and its faces come and go together,
+    and no face outlives its gallery. (Embedded Qdrant never yields inside a call:
+    tests/score/test_gallery_writes.py interleaves the store's writes as a server would.)
+    """
+    photos = [jpeg_variant(photo("yaoming.jpg"), 60 + i) for i in range(6)]
+    async with grpc.aio.insecure_channel(score_service.address) as channel:
+        stub = score_pb2_grpc.ScoreServiceStub(channel)
+
+        async def quietly(call: Awaitable[object]) -> None:
+            with contextlib.suppress(grpc.aio.AioRpcError):  # subject/gallery not found
+                await call
+
+        async def consistent(gallery: str) -> None:
+            listing = await stub.ListSubjects(
+                score_pb2.ListSubjectsRequest(gallery=gallery), timeout=10
+            )
+            assert all(s.face_count > 0 for s in listing.subjects), listing
+            galleries = await stub.ListGalleries(score_pb2.ListGalleriesRequest(), timeout=10)
+            faces = next(g.face_count for g in galleries.galleries if g.name == gallery)
+            assert faces == sum(s.face_count for s in listing.subjects)
+
+        enroll_request = score_pb2.EnrollRequest
+        for _ in range(4):
+            await asyncio.gather(
+                *(
+                    quietly(
+                        stub.Enroll(
+                            enroll_request(gallery=gallery, subject_id="racer", image=p),
+                            timeout=60,
+                        )
+                    )
+                    for p in photos
+                ),
+                *(
+                    quietly(
+                        stub.DeleteSubject(
+                            score_pb2.DeleteSubjectRequest(gallery=gallery, subject_id="racer"),
+                            timeout=60,
+                        )
+                    )
+                    for _ in range(3)
+                ),
+            )
+            await consistent(gallery)
+
+        # Photos not analyzed yet: each enrollment awaits detect and embed, and the delete
+        # lands while they work.
+        fresh = [jpeg_variant(photo("yaoming.jpg"), 80 + i) for i in range(6)]
+        doomed = f"{gallery}-doomed"
+        await stub.CreateGallery(score_pb2.CreateGalleryRequest(name=doomed), timeout=10)
+        await asyncio.gather(
+            *(
+                quietly(
+                    stub.Enroll(
+                        enroll_request(gallery=doomed, subject_id=f"d{i}", image=p), timeout=60
+                    )
+                )
+                for i, p in enumerate(fresh)
+            ),
+            quietly(stub.DeleteGallery(score_pb2.DeleteGalleryRequest(name=doomed), timeout=60)),
+        )
+        # Faces left behind in the deleted gallery would reappear when it is created again.
+        await stub.CreateGallery(score_pb2.CreateGalleryRequest(name=doomed), timeout=10)
+        listing = await stub.ListSubjects(score_pb2.ListSubjectsRequest(gallery=doomed), timeout=10)
+        galleries = await stub.ListGalleries(score_pb2.ListGalleriesRequest(), timeout=10)
+        assert not listing.subjects
+        assert next(g.face_count for g in galleries.galleries if g.name == doomed) == 0
 
 
 def test_subjects_are_listed_page_by_page(score: Client, gallery: str, photo: Photo) -> None:
