@@ -180,6 +180,18 @@ def _admin_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _admin_check(args: argparse.Namespace) -> int:
+    from services.admin.backup import AdminError
+    from services.admin.check import check
+    from services.score.settings import ScoreSettings
+
+    try:
+        return check(ScoreSettings(), fix=args.repair)
+    except AdminError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     from services.common.settings import DEFAULT_MODEL_DIR
 
@@ -278,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     enroll.set_defaults(func=_enroll)
 
-    admin = sub.add_parser("admin", help="back up and restore the score service's data")
+    admin = sub.add_parser("admin", help="back up, restore and check the score service's data")
     admin_sub = admin.add_subparsers(dest="admin_command", required=True)
     backup = admin_sub.add_parser(
         "backup",
@@ -306,6 +318,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--yes", action="store_true", help="replace data that the target already holds"
     )
     restore.set_defaults(func=_admin_restore)
+    check = admin_sub.add_parser(
+        "check",
+        help="find (and with --repair, fix) faces and subject records that disagree",
+        description="Faces of deleted galleries, faces whose subject has no record, and subject "
+        "records of deleted galleries: left by an interrupted delete, or by enrollments and "
+        "deletes of one subject through two score replicas at once. Exits 1 when any is "
+        "found. Embedded Qdrant: the score service must be stopped.",
+    )
+    check.add_argument(
+        "--repair",
+        action="store_true",
+        help="delete the orphaned faces and records; write missing subject records",
+    )
+    check.set_defaults(func=_admin_check)
 
     settings = sub.add_parser(
         "settings", help="print every setting with its default (.env.example)"

@@ -1,0 +1,118 @@
+"""`facescore admin check [--repair]` on embedded data broken the ways a lost race leaves it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from qdrant_client import QdrantClient, models
+
+from services.score.gallery import GalleryStore, ModelIdentity, _gallery_id, _subject_id, face_id
+from services.score.settings import ScoreSettings
+from tests.conftest import REPO
+
+DIM = 8
+
+
+def admin(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", "admin", "check", *args],
+        cwd=REPO,
+        env={**os.environ, "SCORE_DATA_DIR": str(data_dir)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def build(data_dir: Path) -> GalleryStore:
+    """Galleries "kept" (subjects a, b, c) and "gone" (subject x), 2 faces per subject."""
+    store = GalleryStore(ScoreSettings(data_dir=data_dir), ModelIdentity("test", "0" * 64, DIM))
+    await store.open()
+    rng = np.random.default_rng(3)
+    for gallery, subjects in (("kept", "abc"), ("gone", "x")):
+        await store.create_gallery(gallery)
+        for subject in subjects:
+            for n in range(2):
+                point = face_id(gallery, subject, f"{n:064x}", 0)
+                payload = {
+                    "gallery": gallery,
+                    "subject_id": subject,
+                    "face_id": point,
+                    "created": 1000 + n,
+                    "metadata_json": f'{{"n":{n}}}',
+                }
+                vector = rng.standard_normal(DIM).tolist()
+                await store.enroll(gallery, subject, point, vector, payload, "")
+    return store
+
+
+async def test_check_finds_and_repairs_what_a_lost_race_leaves(tmp_path: Path) -> None:
+    store = await build(tmp_path)
+    collection, registry = store.collection, store.registry
+    await store.close()
+
+    assert admin(tmp_path).returncode == 0  # consistent as written
+
+    # Break it: gallery "gone" lost its record but kept its faces and subject; subject "b"
+    # of "kept" lost its record but kept its faces; subject "c" lost its faces (legitimate:
+    # its faces were deleted one by one).
+    client = QdrantClient(path=str(tmp_path / "qdrant"))
+    client.delete(registry, models.PointIdsList(points=[_gallery_id("gone")]), wait=True)
+    client.delete(registry, models.PointIdsList(points=[_subject_id("kept", "b")]), wait=True)
+    client.delete(
+        collection,
+        models.Filter(
+            must=[
+                models.FieldCondition(key="gallery", match=models.MatchValue(value="kept")),
+                models.FieldCondition(key="subject_id", match=models.MatchValue(value="c")),
+            ]
+        ),
+        wait=True,
+    )
+    client.close()
+
+    found = admin(tmp_path)
+    assert found.returncode == 1, found.stdout + found.stderr
+    assert "galleries 1, subjects 3, faces 6" in found.stdout
+    assert "2 face(s) of galleries that no longer exist" in found.stdout
+    assert "2 face(s) of 1 subject(s) without a record" in found.stdout
+    assert "1 subject record(s) of galleries that no longer exist" in found.stdout
+    assert "1 subject(s) without faces" in found.stdout and "kept/c" in found.stdout
+
+    repaired = admin(tmp_path, "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "repaired" in repaired.stdout
+    again = admin(tmp_path)
+    assert again.returncode == 0 and "consistent" in again.stdout, again.stdout
+    assert "kept/c" in again.stdout  # still listed, still kept
+
+    client = QdrantClient(path=str(tmp_path / "qdrant"))
+    try:
+        gone = models.Filter(
+            must=[models.FieldCondition(key="gallery", match=models.MatchValue(value="gone"))]
+        )
+        assert client.count(collection, count_filter=gone, exact=True).count == 0
+        assert client.count(registry, count_filter=gone, exact=True).count == 0
+        record = client.retrieve(registry, [_subject_id("kept", "b")], with_payload=True)
+        assert record and record[0].payload is not None
+        # Rebuilt from the faces: the first face's time, the newest face's metadata.
+        assert record[0].payload["created"] == 1000
+        assert record[0].payload["metadata_json"] == '{"n":1}'
+    finally:
+        client.close()
+
+
+async def test_check_refuses_storage_in_use(tmp_path: Path) -> None:
+    store = await build(tmp_path)
+    try:
+        busy = admin(tmp_path)
+        assert busy.returncode == 1
+        assert "stop the score service" in busy.stderr
+    finally:
+        await store.close()
+    assert admin(tmp_path / "elsewhere").returncode == 1
