@@ -6,6 +6,7 @@ import importlib.metadata
 import importlib.resources
 import json
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
@@ -42,6 +43,26 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+def utf8_path(request: Request) -> None:
+    """Refuse a path whose percent-escapes are not UTF-8 (`%FF`).
+
+    The server decodes them with replacement characters: a subject enrolled under such a
+    path would be stored under an id the client never sent.
+    """
+    raw = request.scope.get("raw_path")
+    if raw is None:
+        return
+    try:
+        urllib.parse.unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise Problem(
+            400,
+            "invalid_argument",
+            "the path is not UTF-8 once percent-decoded",
+            {"field": "path"},
+        ) from None
+
+
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
     auth = Authenticator(load_keys(settings))
@@ -68,6 +89,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         redoc_url=None,
         lifespan=lifespan,
         responses=PROBLEM_RESPONSES,
+        dependencies=[Depends(utf8_path)],
     )
     app.add_exception_handler(Problem, handle_problem)
     app.add_exception_handler(StarletteHTTPException, handle_http_exception)

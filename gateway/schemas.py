@@ -9,6 +9,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from facescore.v1 import common_pb2, score_pb2
+from services.score.validation import MAX_METADATA_DEPTH, json_depth
+
+MAX_INT32 = 2**31 - 1  # the proto's int32 fields
 
 
 class Point(BaseModel):
@@ -165,7 +168,7 @@ class AnalyzeJson(BaseModel):
 
 class EnrollJson(BaseModel):
     image_base64: str
-    face_index: int | None = Field(None, ge=0)
+    face_index: int | None = Field(None, ge=0, le=MAX_INT32)
     face_selection: Literal["single", "largest"] = "single"
     metadata: dict[str, Any] | None = None
     min_face_size: float | None = Field(None, ge=0)
@@ -196,7 +199,21 @@ def when(unix_ms: int) -> datetime | None:
 
 
 def metadata(text: str) -> dict[str, Any]:
-    return json.loads(text) if text else {}
+    """Stored metadata, or {} where it cannot be sent as JSON.
+
+    Score refuses such metadata now; what was stored before it did (lone surrogates, deep
+    nesting) must not fail every listing of its gallery.
+    """
+    if not text:
+        return {}
+    try:
+        parsed = json.loads(text)
+        json.dumps(parsed, ensure_ascii=False).encode()
+    except (ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
+        return {}
+    if not isinstance(parsed, dict) or json_depth(parsed) > MAX_METADATA_DEPTH:
+        return {}
+    return parsed
 
 
 def image(info: common_pb2.ImageInfo) -> ImageInfo:

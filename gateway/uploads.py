@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import AsyncGenerator
 from typing import Any, TypeVar
 
@@ -14,8 +15,11 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from gateway.problems import Problem
+from services.score.validation import unique_keys
 
 M = TypeVar("M", bound=BaseModel)
+_WHITESPACE = re.compile(r"\s+")
+_DATA_URL = re.compile(r"data:[^,;]*(;[^,;]*)*;base64,", re.IGNORECASE)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -42,7 +46,29 @@ async def _once(body: bytes) -> AsyncGenerator[bytes, None]:
     yield body
 
 
+class _RawPartParser(MultiPartParser):
+    """Keeps the bytes of text parts (those without a filename) in `texts`.
+
+    Starlette decodes them as UTF-8, falling back to Latin-1 without a word: a photo sent as
+    a text part (`curl -F image=<photo.jpg`) would be mangled, and metadata that is not
+    UTF-8 silently changed.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.texts: list[tuple[str, bytes]] = []
+
+    def on_part_end(self) -> None:
+        part = self._current_part
+        if part.file is None:
+            self.texts.append((part.field_name, bytes(part.data)))
+        else:
+            super().on_part_end()
+
+
 def _decode_base64(name: str, value: object) -> bytes:
+    """Standard or URL-safe alphabet, padding optional, whitespace and line breaks ignored,
+    and a `data:<type>;base64,` prefix allowed (what a browser's FileReader gives)."""
     if not isinstance(value, str):
         raise Problem(
             422,
@@ -50,12 +76,71 @@ def _decode_base64(name: str, value: object) -> bytes:
             f"{name} must be a base64 string",
             {"errors": [{"field": name, "message": "expected a base64 string"}]},
         )
+    text = _WHITESPACE.sub("", value)
+    if prefix := _DATA_URL.match(text):
+        text = text[prefix.end() :]
+    if "-" in text or "_" in text:
+        text = text.replace("-", "+").replace("_", "/")
     try:
-        return base64.b64decode(value, validate=True)
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError):
         raise Problem(
             400, "invalid_argument", f"{name} is not valid base64", {"field": name}
         ) from None
+
+
+def _duplicate(key: str) -> Problem:
+    return Problem(
+        422,
+        "validation_error",
+        f"the field `{key}` is given more than once",
+        {"errors": [{"field": key, "message": "given more than once"}]},
+    )
+
+
+def _json(text: str | bytes, code: str, detail: str) -> Any:
+    """Parsed JSON; a key given twice is refused (one of its values would be lost)."""
+    try:
+        return json.loads(text, object_pairs_hook=unique_keys)
+    except RecursionError:
+        raise Problem(400, code, f"{detail}: nested too deeply") from None
+    except ValueError as error:
+        raise Problem(400, code, f"{detail}: {error}") from None
+
+
+async def _read_multipart(
+    request: Request, body: bytes, limit: int, files: tuple[str, ...]
+) -> tuple[dict[str, bytes], dict[str, Any]]:
+    parser = _RawPartParser(request.headers, _once(body), max_part_size=limit)
+    try:
+        form = await parser.parse()
+    except MultiPartException as error:
+        raise Problem(400, "invalid_argument", f"malformed multipart body: {error}") from None
+    photos: dict[str, bytes] = {}
+    fields: dict[str, Any] = {}
+    for key, upload in form.multi_items():
+        if key in photos:
+            raise _duplicate(key)
+        if isinstance(upload, UploadFile) and key in files:
+            photos[key] = await upload.read()
+    for key, data in parser.texts:
+        if key in photos or key in fields:
+            raise _duplicate(key)
+        if key in files:
+            photos[key] = data
+            continue
+        try:
+            fields[key] = data.decode("utf-8")
+        except UnicodeDecodeError:
+            code = "invalid_metadata" if key == "metadata" else "invalid_argument"
+            raise Problem(
+                400, code, f"the field `{key}` is not UTF-8 text", {"field": key}
+            ) from None
+    if "metadata" in fields:
+        fields["metadata"] = _json(fields["metadata"], "invalid_metadata", "metadata is not JSON")
+    # The photos came as parts; the model's base64 fields only describe the JSON form.
+    fields.update({f"{name}_base64": "" for name in files})
+    return photos, fields
 
 
 async def read_photo_request(
@@ -71,36 +156,17 @@ async def read_photo_request(
     photos: dict[str, bytes] = {}
     fields: dict[str, Any] = {}
     if content_type.startswith("multipart/form-data"):
-        try:
-            form = await MultiPartParser(request.headers, _once(body), max_part_size=limit).parse()
-        except MultiPartException as error:
-            raise Problem(400, "invalid_argument", f"malformed multipart body: {error}") from None
-        for key, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                if key in files:
-                    photos[key] = await value.read()
-            elif key in files:
-                photos[key] = value.encode()
-            else:
-                fields[key] = value
-        if "metadata" in fields:
-            try:
-                fields["metadata"] = json.loads(fields["metadata"])
-            except ValueError:
-                raise Problem(400, "invalid_metadata", "metadata is not JSON") from None
-        # The photos came as parts; the model's base64 fields only describe the JSON form.
-        fields.update({f"{name}_base64": "" for name in files})
+        photos, fields = await _read_multipart(request, body, limit, files)
+        strict = False  # text parts: numbers arrive as text
     elif content_type.startswith("application/json"):
-        try:
-            data = json.loads(body)
-        except ValueError:
-            raise Problem(400, "invalid_argument", "the body is not JSON") from None
+        data = _json(body, "invalid_argument", "the body is not JSON")
         if not isinstance(data, dict):
             raise Problem(400, "invalid_argument", "the body must be a JSON object")
         for name in files:
             if data.get(f"{name}_base64") is not None:
                 photos[name] = _decode_base64(f"{name}_base64", data[f"{name}_base64"])
         fields = data
+        strict = True  # JSON has types: "0.5" is not a number, true is not 1
     else:
         raise Problem(415, "unsupported_media_type", "send multipart/form-data or application/json")
     if fields.get("metadata") is not None and not isinstance(fields["metadata"], dict):
@@ -113,7 +179,7 @@ async def read_photo_request(
             {"errors": [{"field": files[0], "message": "required"}]},
         )
     try:
-        parsed = model.model_validate(fields)
+        parsed = model.model_validate(fields, strict=strict)
     except ValidationError as error:
         errors = [
             {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}

@@ -11,10 +11,12 @@ import asyncio
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
@@ -52,6 +54,13 @@ class Service(Protocol):
         """Health details: model identity, providers, settings worth showing."""
 
 
+@dataclass(frozen=True)
+class _Undecodable:
+    """A request whose bytes are not the method's message (corrupt, or strings not UTF-8)."""
+
+    error: str
+
+
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Request id, access log, metrics and error reasons for every unary call."""
 
@@ -65,6 +74,15 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
             return handler
         method = handler_call_details.method
         behavior = handler.unary_unary
+        deserialize = handler.request_deserializer
+
+        def tolerant_deserializer(data: bytes) -> Any:
+            # grpc answers a message that does not parse with UNKNOWN and no reason: keep the
+            # error and let `wrapped` refuse it as the client's mistake it is.
+            try:
+                return deserialize(data) if deserialize is not None else data
+            except DecodeError as error:
+                return _Undecodable(str(error))
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             request_id = request_id_from(context.invocation_metadata())
@@ -73,6 +91,12 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
             started = time.perf_counter()
             code, reason = "OK", ""
             try:
+                if isinstance(request, _Undecodable):
+                    raise FaceScoreError(
+                        Reason.INVALID_ARGUMENT,
+                        f"the request is not a valid message: {request.error}",
+                        metadata={"field": "request"},
+                    )
                 return await behavior(request, context)
             except FaceScoreError as error:
                 code, reason = error.code.name, str(error.reason)
@@ -104,7 +128,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
 
         return grpc.unary_unary_rpc_method_handler(
             wrapped,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=tolerant_deserializer,
             response_serializer=handler.response_serializer,
         )
 

@@ -86,7 +86,10 @@ class FaceDetector:
             raise RuntimeError("detector is not loaded")
         side = self.settings.input_size
         boxes, kpss = self._model.detect(
-            image_bgr, input_size=(side, side), max_num=0, det_thresh=score_threshold
+            _fit_for_resize(image_bgr, side),
+            input_size=(side, side),
+            max_num=0,
+            det_thresh=score_threshold,
         )
         faces = [
             RawFace(
@@ -97,6 +100,22 @@ class FaceDetector:
         faces = [f for f in faces if f.shorter_side >= min_face_size]
         faces.sort(key=lambda f: (-f.area, -f.score))
         return faces[:max_faces] if max_faces > 0 else faces
+
+
+def _fit_for_resize(image_bgr: np.ndarray, side: int) -> np.ndarray:
+    """The image padded (right or bottom, so boxes keep their coordinates) until its shorter
+    side stays at least one pixel when the longer one is scaled to `side`.
+
+    SCRFD scales the longer side to the input size; a strip such as 1x5000 would shrink to
+    zero pixels, which OpenCV refuses with an error.
+    """
+    height, width = image_bgr.shape[:2]
+    need = -(-max(height, width) // side) + 1
+    if min(height, width) >= need:
+        return image_bgr
+    pad_bottom = max(0, need - height) if height < width else 0
+    pad_right = max(0, need - width) if width <= height else 0
+    return np.pad(image_bgr, ((0, pad_bottom), (0, pad_right), (0, 0)))
 
 
 def align(image_bgr: np.ndarray, landmarks: np.ndarray) -> np.ndarray:

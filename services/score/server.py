@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -23,6 +24,7 @@ from services.score.gallery import GalleryStore, ModelIdentity, face_id, now_ms
 from services.score.settings import ScoreSettings
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 MAX_PAGE_SIZE = 1000
 GALLERY_FACES = Gauge("facescore_gallery_faces", "Faces stored per gallery.", ["gallery"])
 
@@ -140,6 +142,8 @@ class ScoreService(score_pb2_grpc.ScoreServiceServicer):
         gallery = validation.gallery_name(request.gallery)
         subject = validation.subject_id(request.subject_id)
         metadata = validation.metadata_json(request.metadata_json, self.settings.max_metadata_bytes)
+        selection = validation.face_selection(request.face_selection)
+        gates = validation.quality_gates(request.gates)
         await store.require_gallery(gallery)
         analysis = await analyzer.analyze(request.image, self._deadline(context))
         if not analysis.faces:
@@ -154,10 +158,7 @@ class ScoreService(score_pb2_grpc.ScoreServiceServicer):
                     f"{len(analysis.faces)} face(s)",
                     metadata={"field": "face_index", "faces": str(len(analysis.faces))},
                 )
-        elif (
-            request.face_selection == score_pb2.FACE_SELECTION_REQUIRE_SINGLE
-            and len(analysis.faces) > 1
-        ):
+        elif selection == score_pb2.FACE_SELECTION_REQUIRE_SINGLE and len(analysis.faces) > 1:
             raise FaceScoreError(
                 Reason.MULTIPLE_FACES,
                 f"the photo holds {len(analysis.faces)} faces; send a photo of one person or "
@@ -165,7 +166,7 @@ class ScoreService(score_pb2_grpc.ScoreServiceServicer):
                 metadata={"faces": str(len(analysis.faces))},
             )
         face = analysis.faces[index]
-        validation.check_gates(face.quality, face.score, request.gates, self.settings)
+        validation.check_gates(face.quality, face.score, gates, self.settings)
         point_id = face_id(gallery, subject, analysis.image.sha256, index)
         payload = {
             "gallery": gallery,
@@ -189,8 +190,10 @@ class ScoreService(score_pb2_grpc.ScoreServiceServicer):
             "created": now_ms(),
             "metadata_json": metadata,
         }
-        created = await store.enroll(
-            gallery, subject, point_id, analysis.embeddings[index].tolist(), payload, metadata
+        created = await _to_completion(
+            store.enroll(
+                gallery, subject, point_id, analysis.embeddings[index].tolist(), payload, metadata
+            )
         )
         log.info("enrolled", gallery=gallery, subject_id=subject, face_id=point_id, created=created)
         return score_pb2.EnrollResponse(
@@ -311,7 +314,7 @@ class ScoreService(score_pb2_grpc.ScoreServiceServicer):
         self, request: score_pb2.DeleteGalleryRequest, context: grpc.aio.ServicerContext
     ) -> score_pb2.DeleteGalleryResponse:
         store, _ = self._ready()
-        deleted = await store.delete_gallery(validation.gallery_name(request.name))
+        deleted = await _to_completion(store.delete_gallery(validation.gallery_name(request.name)))
         log.info("gallery deleted", gallery=request.name, faces=deleted)
         return score_pb2.DeleteGalleryResponse(deleted_faces=deleted)
 
@@ -327,8 +330,9 @@ class ScoreService(score_pb2_grpc.ScoreServiceServicer):
                 f"page_size must be 1-{MAX_PAGE_SIZE}",
                 metadata={"field": "page_size"},
             )
+        offset = validation.page_token(request.page_token, gallery)
         await store.require_gallery(gallery)
-        records, token = await store.list_subjects(gallery, page_size, request.page_token or None)
+        records, token = await store.list_subjects(gallery, page_size, offset)
         counts = await asyncio.gather(
             *(store.count_faces(gallery=gallery, subject_id=r.subject_id) for r in records)
         )
@@ -343,7 +347,7 @@ class ScoreService(score_pb2_grpc.ScoreServiceServicer):
                 )
                 for r, n in zip(records, counts, strict=True)
             ],
-            next_page_token=token or "",
+            next_page_token=validation.next_page_token(token, gallery),
         )
 
     async def GetSubject(
@@ -369,7 +373,8 @@ class ScoreService(score_pb2_grpc.ScoreServiceServicer):
         store, _ = self._ready()
         gallery = validation.gallery_name(request.gallery)
         await store.require_gallery(gallery)
-        deleted = await store.delete_subject(gallery, validation.subject_id(request.subject_id))
+        subject = validation.subject_id(request.subject_id)
+        deleted = await _to_completion(store.delete_subject(gallery, subject))
         return score_pb2.DeleteSubjectResponse(deleted_faces=deleted)
 
     async def DeleteFace(
@@ -416,6 +421,15 @@ class ScoreService(score_pb2_grpc.ScoreServiceServicer):
         needed = {"score", "detect", "embed", "qdrant"}
         report.ok = ready and all(d.ok for d in report.dependencies if d.name in needed)
         return report
+
+
+async def _to_completion(write: Coroutine[Any, Any, T]) -> T:
+    """Run a multi-step write to its end even when the call is cancelled (deadline, client gone).
+
+    Qdrant has no transactions: cancelled between its steps, an enrollment would leave a face
+    without its subject record, a delete a subject without faces.
+    """
+    return await asyncio.shield(asyncio.ensure_future(write))
 
 
 def _largest(analysis: Analysis, field: str) -> tuple[score_pb2.AnalyzedFace, np.ndarray]:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import math
 import re
+import uuid
+from typing import Any
 
 from facescore.v1 import common_pb2, score_pb2
 from services.common.errors import FaceScoreError, Reason
@@ -11,6 +16,8 @@ from services.score.settings import ScoreSettings
 
 _GALLERY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_SUBJECT_ID = 128
+MAX_METADATA_DEPTH = 32
+_TOKEN_SEP = "\x1f"
 
 
 def gallery_name(name: str) -> str:
@@ -49,7 +56,12 @@ def subject_id(value: str) -> str:
 
 
 def metadata_json(value: str, max_bytes: int) -> str:
-    """The metadata as canonical JSON ("" when none); it must be a JSON object."""
+    """The metadata as canonical JSON ("" when none); it must be a JSON object.
+
+    Refused, since they could not be read back as JSON by every client: duplicate keys (one
+    value would be dropped silently), NaN and infinities, lone surrogates (not UTF-8), and
+    nesting deeper than MAX_METADATA_DEPTH.
+    """
     if not value:
         return ""
     if len(value.encode()) > max_bytes:
@@ -59,12 +71,68 @@ def metadata_json(value: str, max_bytes: int) -> str:
             metadata={"limit": str(max_bytes)},
         )
     try:
-        parsed = json.loads(value)
+        parsed = json.loads(
+            value,
+            object_pairs_hook=unique_keys,
+            parse_constant=_no_constant,
+            parse_float=_finite_float,
+        )
+    except RecursionError:
+        raise _too_deep() from None
     except ValueError as error:
         raise FaceScoreError(Reason.INVALID_METADATA, f"metadata is not JSON: {error}") from None
     if not isinstance(parsed, dict):
         raise FaceScoreError(Reason.INVALID_METADATA, "metadata must be a JSON object")
+    if json_depth(parsed) > MAX_METADATA_DEPTH:
+        raise _too_deep()
+    canonical = json.dumps(parsed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:
+        canonical.encode()
+    except UnicodeEncodeError:
+        raise FaceScoreError(
+            Reason.INVALID_METADATA, "metadata holds a lone surrogate (\\ud800-\\udfff)"
+        ) from None
     return json.dumps(parsed, sort_keys=True, separators=(",", ":"))
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, item in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = item
+    return result
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text[:20]} is too large for a JSON number")
+    return number
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of parsed JSON (an empty object is 1), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _too_deep() -> FaceScoreError:
+    return FaceScoreError(
+        Reason.INVALID_METADATA,
+        f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels",
+        metadata={"limit": str(MAX_METADATA_DEPTH)},
+    )
 
 
 def threshold(request_value: float | None, default: float) -> float:
@@ -77,6 +145,62 @@ def threshold(request_value: float | None, default: float) -> float:
             metadata={"field": "threshold"},
         )
     return request_value
+
+
+def face_selection(value: int) -> int:
+    if value not in score_pb2.FaceSelection.values():
+        raise FaceScoreError(
+            Reason.INVALID_ARGUMENT,
+            f"face_selection {value} is not one of {', '.join(score_pb2.FaceSelection.keys())}",
+            metadata={"field": "face_selection"},
+        )
+    return value
+
+
+def page_token(token: str, gallery: str) -> str | None:
+    """The Qdrant offset inside a next_page_token this service gave for `gallery`."""
+    if not token:
+        return None
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        owner, _, offset = (
+            base64.urlsafe_b64decode(padded.encode("ascii")).decode().partition(_TOKEN_SEP)
+        )
+        offset = str(uuid.UUID(offset))
+    except (ValueError, binascii.Error, UnicodeError):
+        raise FaceScoreError(
+            Reason.INVALID_ARGUMENT,
+            "page_token is not a next_page_token of ListSubjects",
+            metadata={"field": "page_token"},
+        ) from None
+    if owner != gallery:
+        raise FaceScoreError(
+            Reason.INVALID_ARGUMENT,
+            "page_token belongs to another gallery's listing",
+            metadata={"field": "page_token"},
+        )
+    return offset
+
+
+def next_page_token(offset: str | None, gallery: str) -> str:
+    """An opaque token: the gallery it lists and the offset to go on from."""
+    if offset is None:
+        return ""
+    raw = f"{gallery}{_TOKEN_SEP}{offset}".encode()
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def quality_gates(gates: score_pb2.QualityGates) -> score_pb2.QualityGates:
+    """Gates set in the request must be finite numbers >= 0 (a NaN gate would pass any face)."""
+    for field in ("min_face_size", "min_sharpness", "min_detection_score", "max_abs_yaw"):
+        limit = getattr(gates, field)
+        if gates.HasField(field) and not (math.isfinite(limit) and limit >= 0):
+            raise FaceScoreError(
+                Reason.INVALID_ARGUMENT,
+                f"gates.{field} must be a finite number >= 0",
+                metadata={"field": f"gates.{field}"},
+            )
+    return gates
 
 
 def check_gates(

@@ -11,6 +11,7 @@ import json
 import re
 import time
 import urllib.request
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pytest
 from PIL import Image
 
 from facescore.v1 import score_pb2, score_pb2_grpc
-from services.common.errors import reason_of
+from services.common.errors import error_info, reason_of
 from tests.conftest import ServiceProcess
 
 Photo = Callable[[str], bytes]
@@ -86,6 +87,11 @@ def reason(call: Callable[[], object]) -> str | None:
     with pytest.raises(grpc.RpcError) as raised:
         call()
     return reason_of(raised.value)
+
+
+def field_of(error: grpc.RpcError) -> str | None:
+    info = error_info(error)
+    return info.metadata.get("field") if info is not None else None
 
 
 def jpeg_variant(data: bytes, quality: int, crop: int = 0) -> bytes:
@@ -496,6 +502,77 @@ def test_reasons_of_bad_requests(score: Client, gallery: str, photo: Photo) -> N
         )
         == "invalid_argument"
     )
+    # An unknown face_selection is refused, not taken for FACE_SELECTION_LARGEST.
+    with pytest.raises(grpc.RpcError) as raised:
+        score.Enroll(req(gallery=gallery, subject_id="x", image=photo("t1.jpg"), face_selection=7))
+    assert reason_of(raised.value) == "invalid_argument"
+    assert field_of(raised.value) == "face_selection"
+    # A NaN gate would let every face pass.
+    with pytest.raises(grpc.RpcError) as raised:
+        score.Enroll(
+            req(
+                gallery=gallery,
+                subject_id="x",
+                image=photo("yaoming.jpg"),
+                gates=score_pb2.QualityGates(min_sharpness=float("nan")),
+            )
+        )
+    assert reason_of(raised.value) == "invalid_argument"
+    assert field_of(raised.value) == "gates.min_sharpness"
+    # Metadata JSON cannot carry back (or that would lose a value) is refused, not stored.
+    for metadata in (
+        '{"a": NaN}',
+        '{"a": 1e999}',
+        '{"a": 1, "a": 2}',
+        '{"a": "\\ud800"}',
+        '{"a": ' + "[" * 1500 + "]" * 1500 + "}",
+        '{"a": ' + "[" * 40 + "]" * 40 + "}",
+    ):
+        assert (
+            reason(
+                lambda m=metadata: score.Enroll(
+                    req(
+                        gallery=gallery, subject_id="m", image=photo("yaoming.jpg"), metadata_json=m
+                    )
+                )
+            )
+            == "invalid_metadata"
+        ), metadata[:20]
+    # A strip of an image is searched (no face), not an internal error of detect.
+    strip = io.BytesIO()
+    Image.new("RGB", (1, 5000), (128, 128, 128)).save(strip, "PNG")
+    assert not score.Analyze(score_pb2.AnalyzeRequest(image=strip.getvalue())).faces
+
+
+def test_page_tokens_are_checked(score: Client, gallery: str, photo: Photo) -> None:
+    other = f"{gallery}-other"
+    score.CreateGallery(score_pb2.CreateGalleryRequest(name=other))
+    for name in (gallery, other):
+        for i in range(3):
+            enroll(score, name, f"p{i}", photo("yaoming.jpg"))
+    page = score.ListSubjects(score_pb2.ListSubjectsRequest(gallery=other, page_size=1))
+    for token in ("garbage", "12345", str(uuid.uuid4()), page.next_page_token):
+        with pytest.raises(grpc.RpcError) as raised:
+            score.ListSubjects(
+                score_pb2.ListSubjectsRequest(gallery=gallery, page_size=1, page_token=token)
+            )
+        assert reason_of(raised.value) == "invalid_argument", token
+        assert field_of(raised.value) == "page_token"
+
+
+def test_undecodable_requests_are_invalid_arguments(score_service: ServiceProcess) -> None:
+    with grpc.insecure_channel(score_service.address) as channel:
+        raw = channel.unary_unary(
+            "/facescore.v1.ScoreService/GetSubject",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
+        not_utf8 = b"\x0a\x01g\x12\x02\xff\xfe"  # subject_id is not UTF-8
+        for message in (not_utf8, b"\xff\xff\xff"):
+            with pytest.raises(grpc.RpcError) as raised:
+                raw(message, timeout=10)
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert reason_of(raised.value) == "invalid_argument"
 
 
 def test_request_id_travels_to_detect_and_embed(
