@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from facescore.v1 import common_pb2, score_pb2
-from services.score.validation import MAX_METADATA_DEPTH, json_depth
+from services.score.validation import json_issue
 
 MAX_INT32 = 2**31 - 1  # the proto's int32 fields
 
@@ -208,10 +208,9 @@ def metadata(text: str) -> dict[str, Any]:
         return {}
     try:
         parsed = json.loads(text)
-        json.dumps(parsed, ensure_ascii=False).encode()
-    except (ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
+    except (ValueError, RecursionError):
         return {}
-    if not isinstance(parsed, dict) or json_depth(parsed) > MAX_METADATA_DEPTH:
+    if not isinstance(parsed, dict) or json_issue(parsed) is not None:
         return {}
     return parsed
 

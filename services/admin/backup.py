@@ -314,16 +314,14 @@ def _server(settings: ScoreSettings) -> Iterator[_Server]:
 # Redis.
 
 
+def _redis_target(settings: ScoreSettings) -> RedisTarget:
+    target = RedisTarget.from_settings(settings)
+    assert target is not None, "only called with SCORE_REDIS_URL set"
+    return target
+
+
 def _redis(settings: ScoreSettings) -> Any:
-    target = RedisTarget.from_settings(settings)
-    assert target is not None
-    return target.sync_client(socket_timeout=30, socket_connect_timeout=5)
-
-
-def _redis_where(settings: ScoreSettings) -> str:
-    target = RedisTarget.from_settings(settings)
-    assert target is not None
-    return target.describe()
+    return _redis_target(settings).sync_client(socket_timeout=30, socket_connect_timeout=5)
 
 
 @contextlib.contextmanager
@@ -334,7 +332,7 @@ def _redis_errors(settings: ScoreSettings, hint: str) -> Iterator[None]:
     try:
         yield
     except (redis.RedisError, OSError) as error:
-        where = _redis_where(settings)
+        where = _redis_target(settings).describe()
         raise AdminError(f"Redis at {where} failed: {error}{hint}") from error
 
 
@@ -508,7 +506,7 @@ def _backup_redis(
 ) -> dict[str, Any] | None:
     if settings.redis_url is None:
         return None
-    where = _redis_where(settings)
+    where = _redis_target(settings).describe()
     if not include:
         say(f"Redis at {where} skipped (--skip-redis); the analysis cache refills by itself")
         return {"source": where, "skipped": True}

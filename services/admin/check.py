@@ -28,7 +28,7 @@ from typing import Any
 from qdrant_client import QdrantClient, models
 
 from services.admin.backup import AdminError
-from services.score.gallery import _subject_id, now_ms
+from services.score.gallery import _match, _subject_id, now_ms, qdrant_options
 from services.score.settings import ScoreSettings
 
 Say = Callable[[str], None]
@@ -57,24 +57,17 @@ class Findings:
 
 @contextlib.contextmanager
 def _client(settings: ScoreSettings) -> Iterator[QdrantClient]:
-    if settings.qdrant_url:
-        key = settings.qdrant_api_key
-        client = QdrantClient(
-            url=settings.qdrant_url,
-            api_key=key.get_secret_value() if key else None,
-            timeout=int(max(1, settings.qdrant_timeout_s)),
+    if not settings.qdrant_url and not (settings.data_dir / "qdrant").is_dir():
+        raise AdminError(
+            f"no embedded Qdrant data in {settings.data_dir / 'qdrant'}: nothing to check"
         )
-    else:
-        storage = settings.data_dir / "qdrant"
-        if not storage.is_dir():
-            raise AdminError(f"no embedded Qdrant data in {storage}: nothing to check")
-        try:
-            client = QdrantClient(path=str(storage))
-        except RuntimeError as error:  # qdrant-client: "already accessed by another instance"
-            raise AdminError(
-                f"{storage} is in use: stop the score service that uses this SCORE_DATA_DIR "
-                f"first ({error})"
-            ) from error
+    try:
+        client = QdrantClient(**qdrant_options(settings))
+    except RuntimeError as error:  # qdrant-client: "already accessed by another instance"
+        raise AdminError(
+            f"{settings.data_dir / 'qdrant'} is in use: stop the score service that uses this "
+            f"SCORE_DATA_DIR first ({error})"
+        ) from error
     try:
         yield client
     finally:
@@ -82,16 +75,10 @@ def _client(settings: ScoreSettings) -> Iterator[QdrantClient]:
 
 
 def _scroll(client: QdrantClient, collection: str, **fields: str) -> Iterator[models.Record]:
-    query = models.Filter(
-        must=[
-            models.FieldCondition(key=k, match=models.MatchValue(value=v))
-            for k, v in fields.items()
-        ]
-    )
     offset: Any = None
     while True:
         points, offset = client.scroll(
-            collection, scroll_filter=query, limit=1024, offset=offset, with_payload=True
+            collection, scroll_filter=_match(**fields), limit=1024, offset=offset, with_payload=True
         )
         yield from points
         if offset is None:

@@ -11,10 +11,10 @@ import time
 import uuid
 import warnings
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import httpx
@@ -30,6 +30,7 @@ ID_NAMESPACE = uuid.UUID("6f1c1f6e-2b0e-5d2c-9a39-7a0f3c4b8e11")
 _SEP = "\x1f"
 SEARCH_OVERFETCH = 4  # faces fetched per subject asked for before grouping (see search)
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,18 @@ def _match(**fields: str) -> models.Filter:
     )
 
 
+def qdrant_options(settings: ScoreSettings) -> dict[str, Any]:
+    """qdrant-client's arguments: a server's URL, key and timeout, or the embedded storage."""
+    if settings.qdrant_url:
+        key = settings.qdrant_api_key
+        return {
+            "url": settings.qdrant_url,
+            "api_key": key.get_secret_value() if key else None,
+            "timeout": int(max(1, settings.qdrant_timeout_s)),
+        }
+    return {"path": str(settings.data_dir / "qdrant")}
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -117,6 +130,17 @@ class GalleryStore:
             lock = self._writers[gallery] = asyncio.Lock()
         return lock
 
+    async def _whole(self, gallery: str, write: Coroutine[Any, Any, T]) -> T:
+        """Run a multi-step write under the gallery's lock, to its end even when the caller
+        is cancelled (a deadline, a client gone): cancelled between its steps, an enrollment
+        would leave a face without its subject record, a delete a subject without faces."""
+
+        async def locked() -> T:
+            async with self.writing(gallery):
+                return await write
+
+        return await asyncio.shield(asyncio.ensure_future(locked()))
+
     @property
     def mode(self) -> str:
         return "server" if self.settings.qdrant_url else "embedded"
@@ -129,17 +153,9 @@ class GalleryStore:
 
     async def open(self) -> None:
         """Connect, create what is missing, refuse a collection made for another model."""
-        if self.settings.qdrant_url:
-            key = self.settings.qdrant_api_key
-            self._client = AsyncQdrantClient(
-                url=self.settings.qdrant_url,
-                api_key=key.get_secret_value() if key else None,
-                timeout=int(max(1, self.settings.qdrant_timeout_s)),
-            )
-        else:
-            path = self.settings.data_dir / "qdrant"
-            path.mkdir(parents=True, exist_ok=True)
-            self._client = AsyncQdrantClient(path=str(path))
+        if not self.settings.qdrant_url:
+            (self.settings.data_dir / "qdrant").mkdir(parents=True, exist_ok=True)
+        self._client = AsyncQdrantClient(**qdrant_options(self.settings))
         async with self._qdrant():
             await self._ensure_faces_collection()
             await self._ensure_registry()
@@ -325,8 +341,7 @@ class GalleryStore:
         return sorted(records, key=lambda r: r.name)
 
     async def delete_gallery(self, name: str) -> int:
-        async with self.writing(name):
-            return await self._delete_gallery(name)
+        return await self._whole(name, self._delete_gallery(name))
 
     async def _delete_gallery(self, name: str) -> int:
         await self.require_gallery(name)
@@ -409,7 +424,8 @@ class GalleryStore:
         cannot land between the two writes; the gallery is checked again under it (it may
         have been deleted while the photo was analyzed).
         """
-        async with self.writing(gallery):
+
+        async def write() -> bool:
             await self.require_gallery(gallery)
             created = not await self.face_exists(point_id)
             await self.add_face(point_id, vector, payload)
@@ -419,7 +435,9 @@ class GalleryStore:
                 if created:  # no face may outlive a failed enrollment
                     await self.delete_face(gallery, point_id)
                 raise
-        return created
+            return created
+
+        return await self._whole(gallery, write())
 
     async def list_subjects(
         self, gallery: str, page_size: int, page_token: str | None
@@ -445,8 +463,7 @@ class GalleryStore:
             ]
 
     async def delete_subject(self, gallery: str, subject_id: str) -> int:
-        async with self.writing(gallery):
-            return await self._delete_subject(gallery, subject_id)
+        return await self._whole(gallery, self._delete_subject(gallery, subject_id))
 
     async def _delete_subject(self, gallery: str, subject_id: str) -> int:
         await self.require_subject(gallery, subject_id)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import numpy as np
@@ -24,7 +23,6 @@ from services.score.gallery import GalleryStore, ModelIdentity, face_id, now_ms
 from services.score.settings import ScoreSettings
 
 log = structlog.get_logger(__name__)
-T = TypeVar("T")
 MAX_PAGE_SIZE = 1000
 GALLERY_FACES = Gauge("facescore_gallery_faces", "Faces stored per gallery.", ["gallery"])
 
@@ -190,10 +188,8 @@ class ScoreService(score_pb2_grpc.ScoreServiceServicer):
             "created": now_ms(),
             "metadata_json": metadata,
         }
-        created = await _to_completion(
-            store.enroll(
-                gallery, subject, point_id, analysis.embeddings[index].tolist(), payload, metadata
-            )
+        created = await store.enroll(
+            gallery, subject, point_id, analysis.embeddings[index].tolist(), payload, metadata
         )
         log.info("enrolled", gallery=gallery, subject_id=subject, face_id=point_id, created=created)
         return score_pb2.EnrollResponse(
@@ -314,7 +310,7 @@ class ScoreService(score_pb2_grpc.ScoreServiceServicer):
         self, request: score_pb2.DeleteGalleryRequest, context: grpc.aio.ServicerContext
     ) -> score_pb2.DeleteGalleryResponse:
         store, _ = self._ready()
-        deleted = await _to_completion(store.delete_gallery(validation.gallery_name(request.name)))
+        deleted = await store.delete_gallery(validation.gallery_name(request.name))
         log.info("gallery deleted", gallery=request.name, faces=deleted)
         return score_pb2.DeleteGalleryResponse(deleted_faces=deleted)
 
@@ -374,7 +370,7 @@ class ScoreService(score_pb2_grpc.ScoreServiceServicer):
         gallery = validation.gallery_name(request.gallery)
         await store.require_gallery(gallery)
         subject = validation.subject_id(request.subject_id)
-        deleted = await _to_completion(store.delete_subject(gallery, subject))
+        deleted = await store.delete_subject(gallery, subject)
         return score_pb2.DeleteSubjectResponse(deleted_faces=deleted)
 
     async def DeleteFace(
@@ -421,15 +417,6 @@ class ScoreService(score_pb2_grpc.ScoreServiceServicer):
         needed = {"score", "detect", "embed", "qdrant"}
         report.ok = ready and all(d.ok for d in report.dependencies if d.name in needed)
         return report
-
-
-async def _to_completion(write: Coroutine[Any, Any, T]) -> T:
-    """Run a multi-step write to its end even when the call is cancelled (deadline, client gone).
-
-    Qdrant has no transactions: cancelled between its steps, an enrollment would leave a face
-    without its subject record, a delete a subject without faces.
-    """
-    return await asyncio.shield(asyncio.ensure_future(write))
 
 
 def _largest(analysis: Analysis, field: str) -> tuple[score_pb2.AnalyzedFace, np.ndarray]:

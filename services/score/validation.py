@@ -8,7 +8,7 @@ import json
 import math
 import re
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from facescore.v1 import common_pb2, score_pb2
 from services.common.errors import FaceScoreError, Reason
@@ -17,6 +17,7 @@ from services.score.settings import ScoreSettings
 _GALLERY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_SUBJECT_ID = 128
 MAX_METADATA_DEPTH = 32
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _TOKEN_SEP = "\x1f"
 
 
@@ -83,15 +84,13 @@ def metadata_json(value: str, max_bytes: int) -> str:
         raise FaceScoreError(Reason.INVALID_METADATA, f"metadata is not JSON: {error}") from None
     if not isinstance(parsed, dict):
         raise FaceScoreError(Reason.INVALID_METADATA, "metadata must be a JSON object")
-    if json_depth(parsed) > MAX_METADATA_DEPTH:
+    issue = json_issue(parsed)
+    if issue == "too_deep":
         raise _too_deep()
-    canonical = json.dumps(parsed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    try:
-        canonical.encode()
-    except UnicodeEncodeError:
+    if issue == "lone_surrogate":
         raise FaceScoreError(
             Reason.INVALID_METADATA, "metadata holds a lone surrogate (\\ud800-\\udfff)"
-        ) from None
+        )
     return json.dumps(parsed, sort_keys=True, separators=(",", ":"))
 
 
@@ -115,16 +114,27 @@ def _finite_float(text: str) -> float:
     return number
 
 
-def json_depth(value: Any) -> int:
-    """Nesting depth of parsed JSON (an empty object is 1), without recursion."""
-    deepest, stack = 0, [(value, 1)]
+def json_issue(value: Any) -> Literal["too_deep", "lone_surrogate"] | None:
+    """Why parsed JSON cannot go back to every client as UTF-8 JSON, or None.
+
+    "too_deep": nested deeper than MAX_METADATA_DEPTH (an empty object is 1 level);
+    "lone_surrogate": a key or string holds one (not UTF-8). One walk, without recursion.
+    """
+    deepest, surrogate, stack = 0, False, [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict | list):
+        if isinstance(item, str):
+            surrogate = surrogate or _SURROGATE.search(item) is not None
+        elif isinstance(item, dict | list):
             deepest = max(deepest, depth)
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
-    return deepest
+            if isinstance(item, dict):
+                stack.extend((key, depth) for key in item)
+            stack.extend(
+                (child, depth + 1) for child in (item.values() if isinstance(item, dict) else item)
+            )
+    if deepest > MAX_METADATA_DEPTH:
+        return "too_deep"
+    return "lone_surrogate" if surrogate else None
 
 
 def _too_deep() -> FaceScoreError:
@@ -192,13 +202,12 @@ def next_page_token(offset: str | None, gallery: str) -> str:
 
 def quality_gates(gates: score_pb2.QualityGates) -> score_pb2.QualityGates:
     """Gates set in the request must be finite numbers >= 0 (a NaN gate would pass any face)."""
-    for field in ("min_face_size", "min_sharpness", "min_detection_score", "max_abs_yaw"):
-        limit = getattr(gates, field)
-        if gates.HasField(field) and not (math.isfinite(limit) and limit >= 0):
+    for field, limit in gates.ListFields():
+        if not (math.isfinite(limit) and limit >= 0):
             raise FaceScoreError(
                 Reason.INVALID_ARGUMENT,
-                f"gates.{field} must be a finite number >= 0",
-                metadata={"field": f"gates.{field}"},
+                f"gates.{field.name} must be a finite number >= 0",
+                metadata={"field": f"gates.{field.name}"},
             )
     return gates
 

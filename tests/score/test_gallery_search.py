@@ -7,6 +7,7 @@ similar subjects of the gallery, and nothing from another gallery.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,23 @@ def reference(
             best[subject] = (float(similarity), point)
     ranked = sorted(best.items(), key=lambda item: -item[1][0])[:top_k]
     return [(subject, point) for subject, (_, point) in ranked]
+
+
+def record_calls(
+    monkeypatch: pytest.MonkeyPatch,
+    store: GalleryStore,
+    method: str,
+    calls: list[object],
+    note: Callable[[dict[str, object]], object],
+) -> None:
+    """Wrap one method of the store's Qdrant client: `note(kwargs)` is appended per call."""
+    original = getattr(store.client, method)
+
+    async def recorded(*args: object, **kwargs: object) -> object:
+        calls.append(note(kwargs))
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(store.client, method, recorded)
 
 
 async def make_store(tmp_path: Path) -> GalleryStore:
@@ -86,15 +104,9 @@ async def test_one_subject_crowding_the_top_falls_back_to_grouping(
     far = unit(rng.standard_normal((5, DIM)))
     vectors = np.vstack([near, far])
     subjects = ["many"] * len(near) + [f"few{i}" for i in range(len(far))]
-    calls: list[str] = []
+    calls: list[object] = []
     store = await make_store(tmp_path)
-    original = store.client.query_points_groups
-
-    async def counted(*args: object, **kwargs: object) -> object:
-        calls.append("groups")
-        return await original(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(store.client, "query_points_groups", counted)
+    record_calls(monkeypatch, store, "query_points_groups", calls, lambda _: "groups")
     try:
         ids = await fill(store, "g", vectors, subjects)
         hits = await store.search("g", query.tolist(), 3)
@@ -120,14 +132,10 @@ async def test_embedded_search_skips_the_filter_only_when_that_is_exact(
     big = unit(query + 0.3 * rng.standard_normal((60, DIM)))  # all near the query
     small = unit(-query + 0.3 * rng.standard_normal((6, DIM)))  # all far from it
     store = await make_store(tmp_path)
-    filters: list[bool] = []
-    original = store.client.query_points
-
-    async def counted(*args: object, **kwargs: object) -> object:
-        filters.append(kwargs.get("query_filter") is not None)
-        return await original(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(store.client, "query_points", counted)
+    filters: list[object] = []
+    record_calls(
+        monkeypatch, store, "query_points", filters, lambda kw: kw.get("query_filter") is not None
+    )
     try:
         big_subjects = [f"b{i}" for i in range(len(big))]
         small_subjects = [f"s{i}" for i in range(len(small))]
