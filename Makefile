@@ -4,7 +4,7 @@ ORT ?= cpu
 # uv from PATH; when missing, `make` installs it with pip into ~/.local/bin (see .uv below).
 UV ?= $(or $(shell command -v uv 2>/dev/null),$(HOME)/.local/bin/uv)
 RUN = $(UV) run --no-sync
-SRC = services gateway nginx tests benchmarks
+SRC = facescore services gateway nginx tests benchmarks
 NGINX ?= $(shell command -v nginx || echo /usr/sbin/nginx)
 
 COMPOSE ?= docker compose
@@ -47,12 +47,14 @@ run-nginx: models
 	NGINX_BIN=$(NGINX) $(RUN) honcho start -f Procfile detect embed score gateway nginx ready-nginx
 
 test: models system-deps
+	$(RUN) lint-imports
 	$(RUN) pytest
 
 lint: sync
+	$(RUN) lint-imports
 	$(RUN) ruff check $(SRC)
 	$(RUN) ruff format --check $(SRC)
-	$(RUN) mypy services gateway nginx
+	$(RUN) mypy facescore services gateway nginx
 
 bench-inference: models
 	$(RUN) python benchmarks/bench_inference.py

@@ -130,7 +130,7 @@ def start(service: str, port: int) -> subprocess.Popen[bytes]:
         f"{service.upper()}_LOG_LEVEL": "warning",
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "serve", service], cwd=REPO, env=env
+        [sys.executable, "-m", "facescore.cli", "serve", service], cwd=REPO, env=env
     )
 
 

@@ -44,10 +44,10 @@ from benchmarks.bench_inference import (
     summarize,
     wait_serving,
 )
+from facescore.devtools.redis_server import RedisServer
 from facescore.v1 import score_pb2, score_pb2_grpc
 from services.common.errors import reason_of
 from services.score.gallery import face_id
-from tests.redis_server import RedisServer
 
 Stats = tuple[float, float, float]  # calls per second, p50 ms, p99 ms
 TIMEOUT_S = 60.0
@@ -89,7 +89,7 @@ class ScoreProcess:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "serve", "score"], cwd=REPO, env=self.env
+            [sys.executable, "-m", "facescore.cli", "serve", "score"], cwd=REPO, env=self.env
         )
         CHILDREN.append(self.process)
         wait_serving(self.address)

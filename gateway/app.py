@@ -32,8 +32,8 @@ from gateway.problems import (
 )
 from gateway.settings import GatewaySettings
 from gateway.uploads import photo_body_docs, read_photo_request
+from services.common.channels import open_channel
 from services.common.logging import REQUEST_ID_HEADER, request_id_from
-from services.score.clients import open_channel
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from facescore.v1 import common_pb2, score_pb2
-from services.score.validation import json_issue
+from services.common.json_values import json_issue
 
 MAX_INT32 = 2**31 - 1  # the proto's int32 fields
 

@@ -15,7 +15,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from gateway.problems import Problem
-from services.score.validation import unique_keys
+from services.common.json_values import unique_keys
 
 M = TypeVar("M", bound=BaseModel)
 _WHITESPACE = re.compile(r"\s+")

@@ -56,7 +56,7 @@ class ServiceProcess:
         }
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "serve", self.name],
+            [sys.executable, "-m", "facescore.cli", "serve", self.name],
             cwd=REPO,
             env=env,
             stdout=self._log,

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from services.settings_doc import SERVICES, env_example
+from facescore.settings_doc import SERVICES, env_example
 
 REPO = Path(__file__).resolve().parents[1]
 

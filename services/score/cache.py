@@ -358,7 +358,7 @@ class RedisCache:
 
 def make_cache(settings: ScoreSettings) -> AnalysisCache:
     """Redis when SCORE_REDIS_URL is set, else the in-process cache (off at cache_max_bytes=0)."""
-    target = RedisTarget.from_settings(settings)
+    target = settings.redis_target()
     if target is not None:
         return RedisCache(
             target,

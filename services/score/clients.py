@@ -2,54 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from facescore.v1 import common_pb2, detect_pb2, detect_pb2_grpc, embed_pb2, embed_pb2_grpc
+from services.common.channels import open_channel
 from services.common.errors import FaceScoreError, Reason, reason_of
-from services.common.logging import RequestIdClientInterceptor
-from services.common.server import grpc_options
 
-_RETRY_SERVICE_CONFIG = json.dumps(
-    {
-        # Every address the DNS name resolves to gets calls in turn: scaled-out replicas share load.
-        "loadBalancingConfig": [{"round_robin": {}}],
-        "methodConfig": [
-            {
-                "name": [
-                    {"service": "facescore.v1.DetectService"},
-                    {"service": "facescore.v1.EmbedService"},
-                ],
-                # Only UNAVAILABLE is retried: the call never reached a model, so a retry is safe.
-                "retryPolicy": {
-                    "maxAttempts": 3,
-                    "initialBackoff": "0.05s",
-                    "maxBackoff": "0.5s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }
-        ],
-    }
-)
-
-
-def open_channel(target: str, max_message_bytes: int) -> grpc.aio.Channel:
-    options = [
-        *grpc_options(max_message_bytes),
-        ("grpc.service_config", _RETRY_SERVICE_CONFIG),
-        ("grpc.enable_retries", 1),
-        # A restarted dependency is found again within a second, not after minutes of backoff.
-        ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.min_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 1000),
-    ]
-    return grpc.aio.insecure_channel(
-        target, options=options, interceptors=[RequestIdClientInterceptor()]
-    )
+# Retried on UNAVAILABLE only: such a call never reached a model, so a retry is safe.
+_INFERENCE_SERVICES = ("facescore.v1.DetectService", "facescore.v1.EmbedService")
 
 
 def remaining(deadline: float) -> float:
@@ -87,8 +50,12 @@ class InferenceClient:
     """The detect and embed services, as the score service uses them."""
 
     def __init__(self, detect_target: str, embed_target: str, max_message_bytes: int) -> None:
-        self._detect_channel = open_channel(detect_target, max_message_bytes)
-        self._embed_channel = open_channel(embed_target, max_message_bytes)
+        self._detect_channel = open_channel(
+            detect_target, max_message_bytes, retry=_INFERENCE_SERVICES
+        )
+        self._embed_channel = open_channel(
+            embed_target, max_message_bytes, retry=_INFERENCE_SERVICES
+        )
         self._detect = detect_pb2_grpc.DetectServiceStub(self._detect_channel)
         self._embed = embed_pb2_grpc.EmbedServiceStub(self._embed_channel)
 

@@ -71,15 +71,15 @@ def face_id(gallery: str, subject_id: str, image_sha256: str, face_index: int) -
     )
 
 
-def _gallery_id(gallery: str) -> str:
+def gallery_point_id(gallery: str) -> str:
     return str(uuid.uuid5(ID_NAMESPACE, _SEP.join(("gallery", gallery))))
 
 
-def _subject_id(gallery: str, subject_id: str) -> str:
+def subject_point_id(gallery: str, subject_id: str) -> str:
     return str(uuid.uuid5(ID_NAMESPACE, _SEP.join(("subject", gallery, subject_id))))
 
 
-def _match(**fields: str) -> models.Filter:
+def match_filter(**fields: str) -> models.Filter:
     return models.Filter(
         must=[
             models.FieldCondition(key=k, match=models.MatchValue(value=v))
@@ -300,7 +300,7 @@ class GalleryStore:
                 self.registry,
                 [
                     models.PointStruct(
-                        id=_gallery_id(name),
+                        id=gallery_point_id(name),
                         vector=[0.0],
                         payload={
                             "kind": "gallery",
@@ -314,7 +314,9 @@ class GalleryStore:
             return record
 
     async def _gallery(self, name: str) -> GalleryRecord | None:
-        points = await self.client.retrieve(self.registry, [_gallery_id(name)], with_payload=True)
+        points = await self.client.retrieve(
+            self.registry, [gallery_point_id(name)], with_payload=True
+        )
         if not points or points[0].payload is None:
             return None
         return GalleryRecord(name, int(points[0].payload.get("created", 0)))
@@ -335,7 +337,7 @@ class GalleryStore:
         async with self._qdrant():
             records = [
                 GalleryRecord(str(p.payload["gallery"]), int(p.payload.get("created", 0)))
-                async for p in self._scroll(self.registry, _match(kind="gallery"))
+                async for p in self._scroll(self.registry, match_filter(kind="gallery"))
                 if p.payload is not None
             ]
         return sorted(records, key=lambda r: r.name)
@@ -348,10 +350,12 @@ class GalleryStore:
         async with self._qdrant():
             deleted = await self.count_faces(gallery=name)
             # Faces first, the gallery record last: an interrupted delete can simply be retried.
-            await self.client.delete(self.collection, _match(gallery=name), wait=True)
-            await self.client.delete(self.registry, _match(kind="subject", gallery=name), wait=True)
+            await self.client.delete(self.collection, match_filter(gallery=name), wait=True)
             await self.client.delete(
-                self.registry, models.PointIdsList(points=[_gallery_id(name)]), wait=True
+                self.registry, match_filter(kind="subject", gallery=name), wait=True
+            )
+            await self.client.delete(
+                self.registry, models.PointIdsList(points=[gallery_point_id(name)]), wait=True
             )
         return deleted
 
@@ -360,7 +364,7 @@ class GalleryStore:
     async def subject(self, gallery: str, subject_id: str) -> SubjectRecord | None:
         async with self._qdrant():
             points = await self.client.retrieve(
-                self.registry, [_subject_id(gallery, subject_id)], with_payload=True
+                self.registry, [subject_point_id(gallery, subject_id)], with_payload=True
             )
         if not points or points[0].payload is None:
             return None
@@ -403,7 +407,7 @@ class GalleryStore:
                 self.registry,
                 [
                     models.PointStruct(
-                        id=_subject_id(gallery, subject_id), vector=[0.0], payload=payload
+                        id=subject_point_id(gallery, subject_id), vector=[0.0], payload=payload
                     )
                 ],
                 wait=True,
@@ -445,7 +449,7 @@ class GalleryStore:
         async with self._qdrant():
             points, next_offset = await self.client.scroll(
                 self.registry,
-                scroll_filter=_match(kind="subject", gallery=gallery),
+                scroll_filter=match_filter(kind="subject", gallery=gallery),
                 limit=page_size,
                 offset=page_token or None,
                 with_payload=True,
@@ -458,7 +462,7 @@ class GalleryStore:
             return [
                 str(p.id)
                 async for p in self._scroll(
-                    self.collection, _match(gallery=gallery, subject_id=subject_id)
+                    self.collection, match_filter(gallery=gallery, subject_id=subject_id)
                 )
             ]
 
@@ -470,11 +474,11 @@ class GalleryStore:
         async with self._qdrant():
             deleted = await self.count_faces(gallery=gallery, subject_id=subject_id)
             await self.client.delete(
-                self.collection, _match(gallery=gallery, subject_id=subject_id), wait=True
+                self.collection, match_filter(gallery=gallery, subject_id=subject_id), wait=True
             )
             await self.client.delete(
                 self.registry,
-                models.PointIdsList(points=[_subject_id(gallery, subject_id)]),
+                models.PointIdsList(points=[subject_point_id(gallery, subject_id)]),
                 wait=True,
             )
         return deleted
@@ -484,7 +488,7 @@ class GalleryStore:
     async def count_faces(self, **fields: str) -> int:
         async with self._qdrant():
             result = await self.client.count(
-                self.collection, count_filter=_match(**fields), exact=True
+                self.collection, count_filter=match_filter(**fields), exact=True
             )
         return int(result.count)
 
@@ -548,7 +552,7 @@ class GalleryStore:
                 group_by="subject_id",
                 group_size=1,
                 limit=top_k,
-                query_filter=_match(gallery=gallery),
+                query_filter=match_filter(gallery=gallery),
                 with_payload=False,
             )
         return [
@@ -567,7 +571,7 @@ class GalleryStore:
                 self.collection,
                 query=vector,
                 limit=limit,
-                query_filter=_match(gallery=gallery) if filtered else None,
+                query_filter=match_filter(gallery=gallery) if filtered else None,
                 with_payload=["gallery", "subject_id"],
             )
         best: dict[str, Hit] = {}
@@ -585,7 +589,7 @@ class GalleryStore:
                 self.collection,
                 query=vector,
                 limit=1,
-                query_filter=_match(gallery=gallery, subject_id=subject_id),
+                query_filter=match_filter(gallery=gallery, subject_id=subject_id),
             )
         if not result.points:
             return None

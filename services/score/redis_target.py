@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
@@ -18,9 +18,6 @@ import redis.asyncio.connection as aioconnection
 import redis.asyncio.sentinel as aiosentinel
 import redis.connection
 import redis.sentinel
-
-if TYPE_CHECKING:
-    from services.score.settings import ScoreSettings
 
 _ADDRESS = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:,\[\]]+):(?P<port>[0-9]{1,5})")
 
@@ -51,18 +48,6 @@ class RedisTarget:
     url: str
     sentinels: tuple[tuple[str, int], ...] = ()
     sentinel_password: str | None = None
-
-    @classmethod
-    def from_settings(cls, settings: ScoreSettings) -> RedisTarget | None:
-        """None when no Redis is configured (the in-process cache is used instead)."""
-        if settings.redis_url is None:
-            return None
-        password = settings.redis_sentinel_password
-        return cls(
-            settings.redis_url.get_secret_value(),
-            tuple(sentinel_addresses(settings.redis_sentinels)),
-            password.get_secret_value() if password else None,
-        )
 
     @property
     def master(self) -> str:

@@ -10,7 +10,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import REPO_ROOT, MiB, ServerSettings
-from services.score.redis_target import sentinel_addresses
+from services.score.redis_target import RedisTarget, sentinel_addresses
 
 
 class ScoreSettings(ServerSettings):
@@ -110,3 +110,14 @@ class ScoreSettings(ServerSettings):
                     "for example redis://:PASSWORD@mymaster/0"
                 )
         return self
+
+    def redis_target(self) -> RedisTarget | None:
+        """Where the analysis cache lives; None for the in-process cache (no SCORE_REDIS_URL)."""
+        if self.redis_url is None:
+            return None
+        password = self.redis_sentinel_password
+        return RedisTarget(
+            self.redis_url.get_secret_value(),
+            tuple(sentinel_addresses(self.redis_sentinels)),
+            password.get_secret_value() if password else None,
+        )

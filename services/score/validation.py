@@ -8,16 +8,15 @@ import json
 import math
 import re
 import uuid
-from typing import Any, Literal
+from typing import Any
 
 from facescore.v1 import common_pb2, score_pb2
 from services.common.errors import FaceScoreError, Reason
+from services.common.json_values import MAX_METADATA_DEPTH, json_issue, unique_keys
 from services.score.settings import ScoreSettings
 
 _GALLERY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_SUBJECT_ID = 128
-MAX_METADATA_DEPTH = 32
-_SURROGATE = re.compile("[\ud800-\udfff]")
 _TOKEN_SEP = "\x1f"
 
 
@@ -94,15 +93,6 @@ def metadata_json(value: str, max_bytes: int) -> str:
     return json.dumps(parsed, sort_keys=True, separators=(",", ":"))
 
 
-def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, item in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = item
-    return result
-
-
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
@@ -112,29 +102,6 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(number):
         raise ValueError(f"{text[:20]} is too large for a JSON number")
     return number
-
-
-def json_issue(value: Any) -> Literal["too_deep", "lone_surrogate"] | None:
-    """Why parsed JSON cannot go back to every client as UTF-8 JSON, or None.
-
-    "too_deep": nested deeper than MAX_METADATA_DEPTH (an empty object is 1 level);
-    "lone_surrogate": a key or string holds one (not UTF-8). One walk, without recursion.
-    """
-    deepest, surrogate, stack = 0, False, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, str):
-            surrogate = surrogate or _SURROGATE.search(item) is not None
-        elif isinstance(item, dict | list):
-            deepest = max(deepest, depth)
-            if isinstance(item, dict):
-                stack.extend((key, depth) for key in item)
-            stack.extend(
-                (child, depth + 1) for child in (item.values() if isinstance(item, dict) else item)
-            )
-    if deepest > MAX_METADATA_DEPTH:
-        return "too_deep"
-    return "lone_surrogate" if surrogate else None
 
 
 def _too_deep() -> FaceScoreError:

@@ -87,7 +87,7 @@ def facescore(
 ) -> subprocess.CompletedProcess[str]:
     """Run `facescore ARGS` as its own process, as an operator does."""
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *map(str, args)],
+        [sys.executable, "-m", "facescore.cli", *map(str, args)],
         cwd=REPO,
         env=cli_env(**env),
         capture_output=True,

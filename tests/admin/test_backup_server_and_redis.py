@@ -1,7 +1,8 @@
 """`admin backup` / `admin restore` with a Qdrant server and with Redis.
 
 Server mode runs against a FAKE Qdrant HTTP server (tests/admin/fake_qdrant.py): the Qdrant
-server binary is not available here. Redis is a real redis-server (tests/redis_server.py).
+server binary is not available here. Redis is a real redis-server
+(facescore/devtools/redis_server.py).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import pytest
 from pydantic import SecretStr
 from qdrant_client import QdrantClient, models
 
-from services.admin.backup import AdminError, backup, restore
+from facescore.admin.backup import AdminError, backup, restore
+from facescore.devtools.redis_server import RedisServer
 from services.score.settings import ScoreSettings
 from tests.admin.fake_qdrant import FakeQdrant, RunningFake
-from tests.redis_server import RedisServer
 
 FACES = "faces_w600k_mbf_81ffd4b788d5"
 REGISTRY = "faces_registry"

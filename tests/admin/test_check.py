@@ -10,7 +10,13 @@ from pathlib import Path
 import numpy as np
 from qdrant_client import QdrantClient, models
 
-from services.score.gallery import GalleryStore, ModelIdentity, _gallery_id, _subject_id, face_id
+from services.score.gallery import (
+    GalleryStore,
+    ModelIdentity,
+    face_id,
+    gallery_point_id,
+    subject_point_id,
+)
 from services.score.settings import ScoreSettings
 from tests.conftest import REPO
 
@@ -19,7 +25,7 @@ DIM = 8
 
 def admin(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", "admin", "check", *args],
+        [sys.executable, "-m", "facescore.cli", "admin", "check", *args],
         cwd=REPO,
         env={**os.environ, "SCORE_DATA_DIR": str(data_dir)},
         capture_output=True,
@@ -62,8 +68,8 @@ async def test_check_finds_and_repairs_what_a_lost_race_leaves(tmp_path: Path) -
     # of "kept" lost its record but kept its faces; subject "c" lost its faces (legitimate:
     # its faces were deleted one by one).
     client = QdrantClient(path=str(tmp_path / "qdrant"))
-    client.delete(registry, models.PointIdsList(points=[_gallery_id("gone")]), wait=True)
-    client.delete(registry, models.PointIdsList(points=[_subject_id("kept", "b")]), wait=True)
+    client.delete(registry, models.PointIdsList(points=[gallery_point_id("gone")]), wait=True)
+    client.delete(registry, models.PointIdsList(points=[subject_point_id("kept", "b")]), wait=True)
     client.delete(
         collection,
         models.Filter(
@@ -98,7 +104,7 @@ async def test_check_finds_and_repairs_what_a_lost_race_leaves(tmp_path: Path) -
         )
         assert client.count(collection, count_filter=gone, exact=True).count == 0
         assert client.count(registry, count_filter=gone, exact=True).count == 0
-        record = client.retrieve(registry, [_subject_id("kept", "b")], with_payload=True)
+        record = client.retrieve(registry, [subject_point_id("kept", "b")], with_payload=True)
         assert record and record[0].payload is not None
         # Rebuilt from the faces: the first face's time, the newest face's metadata.
         assert record[0].payload["created"] == 1000

@@ -11,10 +11,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+from facescore.admin.backup import sha256_file
+from facescore.admin.enroll import collect
+from facescore.cli import main
 from facescore.v1 import score_pb2, score_pb2_grpc
-from services.admin.backup import sha256_file
-from services.admin.enroll import collect
-from services.cli import main
 from services.common.models import vectron_file
 from tests.admin.helpers import (
     GOOD_PHOTOS,

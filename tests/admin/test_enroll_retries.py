@@ -8,9 +8,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from facescore.v1 import score_pb2
-from services.admin import enroll as enroll_module
-from services.admin.enroll import (
+from facescore.admin import enroll as enroll_module
+from facescore.admin.enroll import (
     Enroller,
     EnrollOptions,
     Outcome,
@@ -19,6 +18,7 @@ from services.admin.enroll import (
     Summary,
     print_summary,
 )
+from facescore.v1 import score_pb2
 from services.common.errors import FaceScoreError, Reason
 
 

@@ -196,7 +196,7 @@ def test_check_ports_names_a_taken_port() -> None:
         )
     }  # fmt: skip
     env = {**os.environ, **ports}
-    command = [sys.executable, "-m", "services.cli", "check-ports"]
+    command = [sys.executable, "-m", "facescore.cli", "check-ports"]
     free = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert free.returncode == 0, free.stderr
     with socket.socket() as holder:

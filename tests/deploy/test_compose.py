@@ -659,7 +659,7 @@ def test_dockerignore_lets_in_only_what_the_image_needs() -> None:
     for source in sources:
         probe = source.rstrip("/") + ("/__init__.py" if (REPO / source).is_dir() else "")
         assert not _dockerignored(probe, patterns), f".dockerignore drops {source}"
-    for path in ("gateway/web/index.html", "services/cli.py", "facescore/v1/score_pb2.py"):
+    for path in ("gateway/web/index.html", "facescore/cli.py", "facescore/v1/score_pb2.py"):
         assert not _dockerignored(path, patterns), path
     for path in (
         ".env", ".git/config", ".venv/bin/python", "data/qdrant/x", "nginx/certs/key.pem",

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
-from services.cli import build_parser
-from services.settings_doc import SERVICES
+from facescore.cli import build_parser
+from facescore.settings_doc import SERVICES
 from tests.conftest import REPO
 
 K8S = REPO / "deploy" / "k8s"

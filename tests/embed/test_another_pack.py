@@ -57,7 +57,7 @@ def test_services_load_another_pack(
     pack = tmp_path / "pack"
     identities = make_pack(pack)
     verify = subprocess.run(
-        [sys.executable, "-m", "services.cli", "models", "verify", "--model-dir", str(pack)],
+        [sys.executable, "-m", "facescore.cli", "models", "verify", "--model-dir", str(pack)],
         cwd=REPO,
         capture_output=True,
         text=True,

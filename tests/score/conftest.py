@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.redis_server import RedisServer
+from facescore.devtools.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
+from facescore.devtools.redis_server import RedisServer, free_port
 from services.score.cache import (
     AnalysisCache,
     MemoryCache,
@@ -23,7 +24,6 @@ from services.score.cache import (
     make_cache,
 )
 from services.score.settings import ScoreSettings
-from tests.redis_server import RedisServer, free_port
 
 SHA_A = hashlib.sha256(b"photo a").hexdigest()
 SHA_B = hashlib.sha256(b"photo b").hexdigest()

@@ -14,9 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from services.cli import main
-from services.common.models import insightface_image, vectron_file
-from services.score.calibrate import (
+from facescore.admin.calibrate import (
     DEFAULT_THRESHOLDS,
     CalibrationError,
     Embedded,
@@ -32,6 +30,8 @@ from services.score.calibrate import (
     rates,
     threshold_for_far,
 )
+from facescore.cli import main
+from services.common.models import insightface_image, vectron_file
 
 # ---------------------------------------------------------------------------------------------
 # Pairs.

@@ -16,10 +16,10 @@ from urllib.parse import quote
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from facescore.devtools.redis_server import RedisSentinel, RedisServer
 from services.score.cache import RedisCache, cache_key, make_cache
-from services.score.redis_target import RedisTarget, sentinel_addresses
+from services.score.redis_target import sentinel_addresses
 from services.score.settings import ScoreSettings
-from tests.redis_server import RedisSentinel, RedisServer
 
 PASSWORD = "s3cret/with:odd@chars"
 
@@ -94,7 +94,7 @@ async def test_cache_follows_a_failover(
         assert await cache.get(after) == b"two"
         assert cache.up
         # The blocking client of the admin commands (backup, restore) finds the new master too.
-        target = RedisTarget.from_settings(settings_for(sentinel))
+        target = settings_for(sentinel).redis_target()
         assert target is not None
         admin = key()
         with target.sync_client(socket_timeout=2) as client:
@@ -113,13 +113,11 @@ def test_sentinel_settings_are_checked_at_startup() -> None:
         ScoreSettings(redis_sentinels="a:26379,b")
     with pytest.raises(ValidationError, match="naming the master"):
         ScoreSettings(redis_sentinels="a:26379")  # no REDIS_URL to name the master
-    target = RedisTarget.from_settings(
-        ScoreSettings(
-            redis_url=SecretStr("rediss://u:pw@mymaster/2"),
-            redis_sentinels="s1:26379,s2:26379",
-            redis_sentinel_password=SecretStr("sp"),
-        )
-    )
+    target = ScoreSettings(
+        redis_url=SecretStr("rediss://u:pw@mymaster/2"),
+        redis_sentinels="s1:26379,s2:26379",
+        redis_sentinel_password=SecretStr("sp"),
+    ).redis_target()
     assert target is not None and target.master == "mymaster"
     assert target.describe() == "rediss://mymaster/2 via sentinels s1:26379,s2:26379"
     master, sentinel = target._split(

@@ -315,7 +315,7 @@ def _server(settings: ScoreSettings) -> Iterator[_Server]:
 
 
 def _redis_target(settings: ScoreSettings) -> RedisTarget:
-    target = RedisTarget.from_settings(settings)
+    target = settings.redis_target()
     assert target is not None, "only called with SCORE_REDIS_URL set"
     return target
 

@@ -45,7 +45,7 @@ def _models_verify(args: argparse.Namespace) -> int:
 
 
 def _healthcheck(args: argparse.Namespace) -> int:
-    from services.health import healthcheck
+    from facescore.health import healthcheck
 
     return healthcheck(args.address)
 
@@ -59,8 +59,8 @@ def _grpc_stack() -> list[tuple[str, ServerSettings]]:
 
 
 def _check_ports(args: argparse.Namespace) -> int:
+    from facescore.health import ports_in_use
     from gateway.settings import GatewaySettings
-    from services.health import ports_in_use
 
     wanted: list[tuple[str, str, int]] = []
     for name, settings in _grpc_stack():
@@ -82,7 +82,7 @@ def _check_ports(args: argparse.Namespace) -> int:
 
 
 def _watch(args: argparse.Namespace) -> int:
-    from services.health import watch
+    from facescore.health import watch
 
     services = {}
     for name, settings in _grpc_stack():
@@ -97,7 +97,12 @@ def _watch(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from services.score.calibrate import DEFAULT_THRESHOLDS, CalibrationError, parse_thresholds, run
+    from facescore.admin.calibrate import (
+        DEFAULT_THRESHOLDS,
+        CalibrationError,
+        parse_thresholds,
+        run,
+    )
 
     try:
         thresholds = parse_thresholds(args.thresholds) if args.thresholds else DEFAULT_THRESHOLDS
@@ -114,7 +119,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace) -> int:
-    from services.settings_doc import env_example
+    from facescore.settings_doc import env_example
 
     print(env_example(), end="")
     return 0
@@ -138,7 +143,7 @@ def _score_address() -> str:
 
 
 def _enroll(args: argparse.Namespace) -> int:
-    from services.admin.enroll import EnrollOptions, run
+    from facescore.admin.enroll import EnrollOptions, run
 
     options = EnrollOptions(
         target=args.target or _score_address(),
@@ -157,7 +162,7 @@ def _enroll(args: argparse.Namespace) -> int:
 
 
 def _admin_backup(args: argparse.Namespace) -> int:
-    from services.admin.backup import AdminError, backup
+    from facescore.admin.backup import AdminError, backup
     from services.score.settings import ScoreSettings
 
     try:
@@ -169,7 +174,7 @@ def _admin_backup(args: argparse.Namespace) -> int:
 
 
 def _admin_restore(args: argparse.Namespace) -> int:
-    from services.admin.backup import AdminError, restore
+    from facescore.admin.backup import AdminError, restore
     from services.score.settings import ScoreSettings
 
     try:
@@ -181,8 +186,8 @@ def _admin_restore(args: argparse.Namespace) -> int:
 
 
 def _admin_check(args: argparse.Namespace) -> int:
-    from services.admin.backup import AdminError
-    from services.admin.check import check
+    from facescore.admin.backup import AdminError
+    from facescore.admin.check import check
     from services.score.settings import ScoreSettings
 
     try:

@@ -27,8 +27,8 @@ from typing import Any
 
 from qdrant_client import QdrantClient, models
 
-from services.admin.backup import AdminError
-from services.score.gallery import _match, _subject_id, now_ms, qdrant_options
+from facescore.admin.backup import AdminError
+from services.score.gallery import match_filter, now_ms, qdrant_options, subject_point_id
 from services.score.settings import ScoreSettings
 
 Say = Callable[[str], None]
@@ -78,7 +78,11 @@ def _scroll(client: QdrantClient, collection: str, **fields: str) -> Iterator[mo
     offset: Any = None
     while True:
         points, offset = client.scroll(
-            collection, scroll_filter=_match(**fields), limit=1024, offset=offset, with_payload=True
+            collection,
+            scroll_filter=match_filter(**fields),
+            limit=1024,
+            offset=offset,
+            with_payload=True,
         )
         yield from points
         if offset is None:
@@ -132,11 +136,11 @@ def repair(client: QdrantClient, prefix: str, found: Findings) -> None:
             "created": min(int(p.get("created", 0)) for p in payloads) or now_ms(),
         }
         records.append(
-            models.PointStruct(id=_subject_id(gallery, subject), vector=[0.0], payload=payload)
+            models.PointStruct(id=subject_point_id(gallery, subject), vector=[0.0], payload=payload)
         )
     if records:
         client.upsert(registry, records, wait=True)
-    stale = [_subject_id(g, s) for g, s in found.subjects_without_gallery]
+    stale = [subject_point_id(g, s) for g, s in found.subjects_without_gallery]
     if stale:
         client.delete(registry, models.PointIdsList(points=stale), wait=True)
 
