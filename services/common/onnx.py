@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnxruntime as ort
@@ -11,6 +12,24 @@ from services.common.settings import OnnxSettings
 
 CPU = "CPUExecutionProvider"
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class ShapeProfile:
+    """The smallest, most common and largest shape of a model's first input."""
+
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+
+def input_dims(path: Path) -> list[int | str]:
+    """The first input's dimensions as the file declares them (names for symbolic ones)."""
+    import onnx  # The graph only; the weights are not needed.
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    dims = graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
 
 
 class ProviderUnavailableError(RuntimeError):
@@ -30,7 +49,9 @@ def _check(requested: list[str], active: list[str], allow_cpu_fallback: bool) ->
     log.warning("execution provider unavailable, running on the CPU", missing=missing)
 
 
-def create_session(path: Path, settings: OnnxSettings) -> ort.InferenceSession:
+def create_session(
+    path: Path, settings: OnnxSettings, shapes: ShapeProfile | None = None
+) -> ort.InferenceSession:
     """Open one model with the configured providers and thread counts."""
     requested = list(settings.providers) or [CPU]
     available = ort.get_available_providers()
