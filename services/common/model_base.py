@@ -9,15 +9,30 @@ accelerator touches one file.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
+import grpc
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from facescore.v1 import common_pb2
+from services.common.errors import FaceScoreError, Reason
 from services.common.models import ModelSpec, select_model, verify_model
 from services.common.onnx import ShapeProfile, create_session
 from services.common.settings import OnnxSettings
+
+# What ONNX Runtime raises when a run fails inside a provider (a GPU fault, memory), as
+# opposed to a malformed input, which the services refuse before it reaches the model.
+RUN_FAILURES = (
+    ort_errors.Fail,
+    ort_errors.RuntimeException,
+    ort_errors.EPFail,
+    ort_errors.DeviceReset,
+    ort_errors.EngineError,
+)
 
 
 class OnnxModel(ABC):
@@ -30,6 +45,8 @@ class OnnxModel(ABC):
         self.settings = settings
         self.spec: ModelSpec = select_model(settings.model_dir, self.role, settings.model_name)
         self._session: ort.InferenceSession | None = None
+        #: Why the model can no longer run (set by its first failed run), else None.
+        self.failure: str | None = None
 
     @property
     def session(self) -> ort.InferenceSession:
@@ -48,6 +65,27 @@ class OnnxModel(ABC):
         session = create_session(path, self.settings, self.shape_profile(path))
         self._wrap(path, session)
         self._session = session
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """Wrap every model run: a provider failure is final and says so to every caller.
+
+        Run-time fallback to the CPU is disabled, so a failing GPU does not quietly carry on
+        on the CPU; the reason ``model_failed`` turns the service NOT_SERVING.
+        """
+        if self.failure is not None:
+            raise self._failed()
+        try:
+            yield
+        except RUN_FAILURES as error:
+            self.failure = (
+                f"{self.role} {self.spec.name} failed on {', '.join(self.providers)}: "
+                f"{error}; restart the service"
+            )
+            raise self._failed() from error
+
+    def _failed(self) -> FaceScoreError:
+        return FaceScoreError(Reason.MODEL_FAILED, self.failure or "", grpc.StatusCode.UNAVAILABLE)
 
     def model_info(self) -> common_pb2.ModelInfo:
         return common_pb2.ModelInfo(

@@ -1,7 +1,13 @@
-"""ONNX Runtime sessions: providers, thread counts, and no silent fallback to the CPU."""
+"""ONNX Runtime sessions: the one factory for every model session.
+
+Providers come from the settings with their options (device, memory arena, cuDNN search,
+TensorRT engine cache, fp16 and shape profile), and nothing falls back to the CPU silently:
+a provider that cannot load stops the start, and run-time fallback is disabled.
+"""
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +17,12 @@ import structlog
 from services.common.settings import OnnxSettings
 
 CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
 log = structlog.get_logger(__name__)
+
+_ARENA = {"same_as_requested": "kSameAsRequested", "next_power_of_two": "kNextPowerOfTwo"}
+_CUDNN_SEARCH = {"exhaustive": "EXHAUSTIVE", "heuristic": "HEURISTIC", "default": "DEFAULT"}
 
 
 @dataclass(frozen=True)
@@ -32,8 +43,33 @@ def input_dims(path: Path) -> list[int | str]:
     return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
 
 
+def _input_name(path: Path) -> str:
+    import onnx
+
+    return str(onnx.load(str(path), load_external_data=False).graph.input[0].name)
+
+
 class ProviderUnavailableError(RuntimeError):
     """A requested execution provider cannot run here and CPU fallback is not allowed."""
+
+
+def cuda_library_problem() -> str | None:
+    """Why ONNX Runtime's CUDA provider library cannot load here, or None when it loads.
+
+    Loading the library makes the dynamic linker resolve CUDA, cuBLAS, cuDNN and cuFFT, so a
+    missing or mismatched library is named here; no GPU is needed for this check.
+    """
+    library = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
+    if not library.is_file():
+        return (
+            f"this onnxruntime build ({ort.__version__}) has no CUDA provider: "
+            "install onnxruntime-gpu (`make sync ORT=gpu`)"
+        )
+    try:
+        ctypes.CDLL(str(library))
+    except OSError as error:
+        return f"the CUDA provider's libraries do not load: {error}"
+    return None
 
 
 def _check(requested: list[str], active: list[str], allow_cpu_fallback: bool) -> None:
@@ -41,30 +77,83 @@ def _check(requested: list[str], active: list[str], allow_cpu_fallback: bool) ->
     if not missing:
         return
     if not allow_cpu_fallback:
+        why = cuda_library_problem() if CUDA in missing else None
         raise ProviderUnavailableError(
             f"execution provider(s) {', '.join(missing)} requested but not usable here "
-            f"(ONNX Runtime offers: {', '.join(ort.get_available_providers())}); install the "
-            "GPU build (`make sync ORT=gpu`) and drivers, or set *_ALLOW_CPU_FALLBACK=true"
+            f"(ONNX Runtime offers: {', '.join(ort.get_available_providers())})"
+            + (f"; {why}" if why else "")
+            + "; install the GPU build (`make sync ORT=gpu`) and drivers, or set "
+            "*_ALLOW_CPU_FALLBACK=true"
         )
     log.warning("execution provider unavailable, running on the CPU", missing=missing)
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def provider_options(
+    provider: str, settings: OnnxSettings, path: Path, shapes: ShapeProfile | None
+) -> dict[str, str]:
+    """The options one provider gets; providers not named here take ONNX Runtime's defaults."""
+    if provider == CUDA:
+        options = {
+            "device_id": str(settings.device_id),
+            "arena_extend_strategy": _ARENA[settings.arena_extend_strategy],
+            "cudnn_conv_algo_search": _CUDNN_SEARCH[settings.cudnn_conv_algo_search],
+        }
+        if settings.gpu_mem_limit_mb:
+            options["gpu_mem_limit"] = str(settings.gpu_mem_limit_mb * 1024 * 1024)
+        return options
+    if provider == TENSORRT:
+        options = {
+            "device_id": str(settings.device_id),
+            "trt_fp16_enable": str(settings.trt_fp16),
+        }
+        if settings.trt_engine_cache_dir is not None:
+            cache = str(settings.trt_engine_cache_dir)
+            options |= {
+                "trt_engine_cache_enable": "True",
+                "trt_engine_cache_path": cache,
+                "trt_timing_cache_enable": "True",
+                "trt_timing_cache_path": cache,
+            }
+        if shapes is not None:
+            # One engine for every shape the service runs, instead of one per new shape.
+            name = _input_name(path)
+            options |= {
+                "trt_profile_min_shapes": f"{name}:{_dims(shapes.min)}",
+                "trt_profile_opt_shapes": f"{name}:{_dims(shapes.opt)}",
+                "trt_profile_max_shapes": f"{name}:{_dims(shapes.max)}",
+            }
+        return options
+    return {}
 
 
 def create_session(
     path: Path, settings: OnnxSettings, shapes: ShapeProfile | None = None
 ) -> ort.InferenceSession:
-    """Open one model with the configured providers and thread counts."""
+    """Open one model with the configured providers, their options and thread counts."""
     requested = list(settings.providers) or [CPU]
     available = ort.get_available_providers()
     usable = [p for p in requested if p in available]
     _check(requested, usable, settings.allow_cpu_fallback)
     if CPU not in usable:
+        # Nodes a GPU provider cannot run are placed on the CPU; that is placement, not fallback.
         usable.append(CPU)
     options = ort.SessionOptions()
     options.intra_op_num_threads = settings.intra_op_threads
     options.inter_op_num_threads = settings.inter_op_threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), sess_options=options, providers=usable)
+    session = ort.InferenceSession(
+        str(path),
+        sess_options=options,
+        providers=usable,
+        provider_options=[provider_options(p, settings, path, shapes) for p in usable],
+    )
     # ORT drops a provider whose libraries fail to load with only a log line; catch that here.
     _check(requested, list(session.get_providers()), settings.allow_cpu_fallback)
+    # Otherwise ORT's wrapper reruns a failed call on the CPU and stays there, unannounced.
+    session.disable_fallback()
     return session

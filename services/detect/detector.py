@@ -52,7 +52,9 @@ class FaceDetector(OnnxModel):
         return ShapeProfile(*[(1, 3, side, side)] * 3)
 
     def _wrap(self, path: Path, session: ort.InferenceSession) -> None:
-        model = SCRFD(model_file=str(path), session=session)
+        # static_shape_sessions=False: insightface would otherwise open a second, fixed-shape
+        # session from the file, past this factory's providers and options.
+        model = SCRFD(model_file=str(path), session=session, static_shape_sessions=False)
         side = self.settings.input_size
         # ctx_id 0 keeps the configured providers; a negative id would force the CPU.
         model.prepare(
@@ -82,12 +84,13 @@ class FaceDetector(OnnxModel):
         if self._model is None:
             raise RuntimeError("detector is not loaded")
         side = self.settings.input_size
-        boxes, kpss = self._model.detect(
-            _fit_for_resize(image_bgr, side),
-            input_size=(side, side),
-            max_num=0,
-            det_thresh=score_threshold,
-        )
+        with self.running():
+            boxes, kpss = self._model.detect(
+                _fit_for_resize(image_bgr, side),
+                input_size=(side, side),
+                max_num=0,
+                det_thresh=score_threshold,
+            )
         faces = [
             RawFace(
                 box=boxes[i, :4].astype(np.float32), score=float(boxes[i, 4]), landmarks=kpss[i]

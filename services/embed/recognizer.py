@@ -11,6 +11,7 @@ from insightface.model_zoo.arcface_onnx import ArcFaceONNX
 
 from services.common.model_base import OnnxModel
 from services.common.onnx import ShapeProfile, input_dims
+from services.embed.batcher import batch_buckets
 from services.embed.settings import EmbedSettings
 
 
@@ -47,13 +48,14 @@ class FaceRecognizer(OnnxModel):
     def warm_up(self) -> None:
         width, height = self.input_size
         blank = np.zeros((height, width, 3), np.uint8)
-        for size in (1, min(self.settings.max_batch, 8)):
+        for size in batch_buckets(self.settings.max_batch):
             self.embed([blank] * size)
 
     def embed(self, crops: list[np.ndarray]) -> np.ndarray:
         if self._model is None:
             raise RuntimeError("recognizer is not loaded")
-        features = np.asarray(self._model.get_feat(crops), dtype=np.float32)
+        with self.running():
+            features = np.asarray(self._model.get_feat(crops), dtype=np.float32)
         norms = np.linalg.norm(features, axis=1, keepdims=True)
         normalized: np.ndarray = features / np.maximum(norms, 1e-12)
         return normalized
