@@ -53,22 +53,44 @@ class ProviderUnavailableError(RuntimeError):
     """A requested execution provider cannot run here and CPU fallback is not allowed."""
 
 
-def cuda_library_problem() -> str | None:
-    """Why ONNX Runtime's CUDA provider library cannot load here, or None when it loads.
+# What onnxruntime-gpu 1.31 (uv.lock) links (CUDA 13) and opens by itself (cuDNN 9). The
+# driver's libcuda.so.1 is mounted by the NVIDIA container toolkit only at run time.
+CUDA_LIBRARIES = (
+    "libcudart.so.13",
+    "libcublasLt.so.13",
+    "libcublas.so.13",
+    "libcurand.so.10",
+    "libcudnn.so.9",
+)
+DRIVER_LIBRARY = "libcuda.so.1"
 
-    Loading the library makes the dynamic linker resolve CUDA, cuBLAS, cuDNN and cuFFT, so a
-    missing or mismatched library is named here; no GPU is needed for this check.
+
+def cuda_provider_library() -> Path:
+    return Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
+
+
+def cuda_library_problem(driver: bool = True) -> str | None:
+    """Why ONNX Runtime's CUDA provider cannot load here, or None when its libraries load.
+
+    ONNX Runtime only logs a provider that fails to load and carries on without it; this
+    names the missing library instead. No GPU is needed: loading a library does not touch
+    the device. `driver=False` leaves out the driver's library, for image builds.
     """
-    library = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
+    library = cuda_provider_library()
     if not library.is_file():
         return (
             f"this onnxruntime build ({ort.__version__}) has no CUDA provider: "
-            "install onnxruntime-gpu (`make sync ORT=gpu`)"
+            "install onnxruntime-gpu (`make sync ORT=gpu`, or the runtime-gpu image)"
         )
-    try:
-        ctypes.CDLL(str(library))
-    except OSError as error:
-        return f"the CUDA provider's libraries do not load: {error}"
+    names = [*CUDA_LIBRARIES, *((DRIVER_LIBRARY, str(library)) if driver else ())]
+    missing = []
+    for name in names:
+        try:
+            ctypes.CDLL(name)
+        except OSError as error:
+            missing.append(str(error))
+    if missing:
+        return "the CUDA provider's libraries do not load: " + "; ".join(missing)
     return None
 
 
@@ -77,13 +99,16 @@ def _check(requested: list[str], active: list[str], allow_cpu_fallback: bool) ->
     if not missing:
         return
     if not allow_cpu_fallback:
-        why = cuda_library_problem() if CUDA in missing else None
+        hint = "install the GPU build (`make sync ORT=gpu`) and drivers"
+        if TENSORRT in missing:
+            hint = (
+                "TensorRT needs its own libraries (libnvinfer 10), which the runtime-gpu image "
+                "does not ship; use cuda, or install TensorRT"
+            )
         raise ProviderUnavailableError(
             f"execution provider(s) {', '.join(missing)} requested but not usable here "
-            f"(ONNX Runtime offers: {', '.join(ort.get_available_providers())})"
-            + (f"; {why}" if why else "")
-            + "; install the GPU build (`make sync ORT=gpu`) and drivers, or set "
-            "*_ALLOW_CPU_FALLBACK=true"
+            f"(ONNX Runtime offers: {', '.join(ort.get_available_providers())}); {hint}, "
+            "or set *_ALLOW_CPU_FALLBACK=true"
         )
     log.warning("execution provider unavailable, running on the CPU", missing=missing)
 
@@ -135,6 +160,10 @@ def create_session(
 ) -> ort.InferenceSession:
     """Open one model with the configured providers, their options and thread counts."""
     requested = list(settings.providers) or [CPU]
+    # Checked before ORT tries, which would print an "EP Error" and retry on the next provider.
+    problem = cuda_library_problem() if CUDA in requested else None
+    if problem is not None and not settings.allow_cpu_fallback:
+        raise ProviderUnavailableError(f"{CUDA} requested but not usable here: {problem}")
     available = ort.get_available_providers()
     usable = [p for p in requested if p in available]
     _check(requested, usable, settings.allow_cpu_fallback)

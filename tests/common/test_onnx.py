@@ -11,6 +11,7 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
+from services.common import onnx
 from services.common.models import select_model
 from services.common.onnx import (
     CUDA,
@@ -92,3 +93,21 @@ def test_cuda_on_a_cpu_build_names_what_to_install() -> None:
         create_session(RECOGNIZER, OnnxSettings(providers=["cuda"]))
     assert "CUDAExecutionProvider requested but not usable" in str(raised.value)
     assert problem in str(raised.value)
+
+
+def test_missing_cuda_libraries_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    # onnxruntime-gpu is not installed here: a real shared library of the CPU build stands in
+    # for its CUDA provider library, and this machine has no cuDNN and no NVIDIA driver.
+    stand_in = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_shared.so"
+    monkeypatch.setattr(onnx, "cuda_provider_library", lambda: stand_in)
+    for_the_build = cuda_library_problem(driver=False)
+    assert for_the_build is not None
+    assert "libcudnn.so.9: cannot open shared object file" in for_the_build
+    assert "libcuda.so.1" not in for_the_build  # the driver comes with the GPU, at run time
+    at_start = cuda_library_problem()
+    assert at_start is not None and "libcuda.so.1: cannot open shared object file" in at_start
+
+
+def test_tensorrt_missing_says_the_image_does_not_ship_it() -> None:
+    with pytest.raises(ProviderUnavailableError, match="does not ship"):
+        create_session(RECOGNIZER, OnnxSettings(providers=["tensorrt"]))
