@@ -135,11 +135,15 @@ ENV PATH=/app/.venv/bin:$PATH \
     EMBED_PROVIDERS=cuda \
     SCORE_DATA_DIR=/tmp/facescore \
     FACESCORE_HEALTH_TARGET=http://127.0.0.1:8000/api/health
-# As in runtime-cpu, with onnxruntime-gpu; its CUDA provider must be compiled in (the GPU
-# itself is only there at run time).
+# As in runtime-cpu, with onnxruntime-gpu; then its CUDA provider library must load with
+# every CUDA, cuBLAS, cuDNN and cuFFT library it links (no GPU is needed for that; the GPU
+# itself is only there at run time, where the service's own session is the check).
+# TensorRT is not installed (its libraries add gigabytes): *_PROVIDERS=tensorrt stops the
+# start with that said; use cuda, or build an image with TensorRT 10 and a writable
+# *_TRT_ENGINE_CACHE_DIR.
 RUN python -m compileall -q /app/facescore /app/services /app/gateway \
     && python -c "import importlib.metadata as md, re, sys; names = {re.sub(r'[-_.]+', '-', d.metadata['Name']).lower() for d in md.distributions()}; ort = sorted(n for n in names if n.startswith('onnxruntime')); cv = sorted(n for n in names if n.startswith('opencv-')); print('onnxruntime builds:', ort, '| opencv builds:', cv); sys.exit(0 if ort == [sys.argv[1]] and cv == ['opencv-python-headless'] else 'expected exactly ' + sys.argv[1] + ' and opencv-python-headless')" onnxruntime-gpu \
-    && python -c "import onnxruntime as ort; providers = ort.get_available_providers(); print(providers); assert 'CUDAExecutionProvider' in providers"
+    && python -c "import sys; from services.common.onnx import cuda_library_problem; sys.exit(cuda_library_problem(driver=False))"
 USER 10001:10001
 EXPOSE 8000 50051 50052 50053 9101 9102 9103
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \

@@ -11,7 +11,7 @@ COMPOSE ?= docker compose
 BACKUPS ?= $(CURDIR)/backups
 STAMP := $(shell date -u +%Y%m%dT%H%M%SZ)
 
-.PHONY: all sync system-deps proto models run run-nginx test lint bench-inference bench-score \
+.PHONY: all sync system-deps proto models run run-nginx test lint bench-inference bench-score bench-gpu \
 	up up-gpu down logs ps backup restore clean clean-dev
 
 all: test
@@ -61,6 +61,10 @@ bench-inference: models
 
 bench-score: models
 	$(RUN) python benchmarks/bench_score.py
+
+# Model throughput on the configured providers beside the CPU; ORT=gpu runs it on CUDA.
+bench-gpu: models
+	$(RUN) python benchmarks/bench_gpu.py $(if $(filter gpu,$(ORT)),--providers cuda)
 
 # Operators: the compose deployment (docs/deploy.md). Settings come from .env.
 up: models

@@ -34,6 +34,7 @@ STATUS_OF_REASON = {
     "unsupported_image_format": 415,
     "dependency_unavailable": 503,
     "not_ready": 503,
+    "model_failed": 503,
     "queue_full": 503,
     "deadline_exceeded": 504,
     "embedding_model_mismatch": 500,

@@ -40,6 +40,8 @@ class Reason(StrEnum):
     # Capacity and dependencies.
     QUEUE_FULL = "queue_full"
     NOT_READY = "not_ready"
+    # The model failed on its execution provider (a GPU fault): the process is NOT_SERVING.
+    MODEL_FAILED = "model_failed"
     DEPENDENCY_UNAVAILABLE = "dependency_unavailable"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     INTERNAL = "internal"

@@ -62,7 +62,16 @@ class _Undecodable:
 
 
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Request id, access log, metrics and error reasons for every unary call."""
+    """Request id, access log, metrics and error reasons for every unary call.
+
+    `on_model_failed` hears of a model that failed for good (reason ``model_failed``) before
+    the caller does, so that health already says NOT_SERVING when the error arrives.
+    """
+
+    def __init__(
+        self, on_model_failed: Callable[[FaceScoreError], Awaitable[None]] | None = None
+    ) -> None:
+        self._on_model_failed = on_model_failed
 
     async def intercept_service(
         self,
@@ -100,6 +109,8 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
                 return await behavior(request, context)
             except FaceScoreError as error:
                 code, reason = error.code.name, str(error.reason)
+                if error.reason == Reason.MODEL_FAILED and self._on_model_failed is not None:
+                    await self._on_model_failed(error)
                 log.info("request rejected", code=code, reason=reason, detail=error.message)
                 await context.abort_with_status(error.to_status())
             except asyncio.CancelledError:
@@ -157,14 +168,28 @@ async def serve(
     service: Service, settings: ServerSettings, stopping: asyncio.Event | None = None
 ) -> int:
     """Run `service` until SIGTERM, SIGINT or `stopping`; returns the process exit code."""
+    ready = False
+    failure: str | None = None
+    health = HealthServicer()
+
+    async def model_failed(error: FaceScoreError) -> None:
+        # The accelerator failed mid-run and ONNX Runtime may not fall back to the CPU: stop
+        # taking traffic so that the orchestrator restarts the process or routes around it.
+        nonlocal ready, failure
+        if failure is not None:
+            return
+        ready, failure = False, error.message
+        log.error("model failed: health is NOT_SERVING until a restart", failure=failure)
+        for name in ("", service.service_name):
+            await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
     server = grpc.aio.server(
-        interceptors=[ObservabilityInterceptor()],
+        interceptors=[ObservabilityInterceptor(model_failed)],
         options=grpc_options(settings.max_message_bytes)
         + SERVER_CONNECTION_OPTIONS
         + SERVER_BIND_OPTIONS,
     )
     service.register(server)
-    health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     for name in ("", service.service_name):
         await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -190,10 +215,11 @@ async def serve(
         return 1
     await server.start()
 
-    ready = False
-
     def health_details() -> tuple[bool, dict[str, Any]]:
-        return ready, {"status": "SERVING" if ready else "NOT_SERVING", **service.details()}
+        details = {"status": "SERVING" if ready else "NOT_SERVING", **service.details()}
+        if failure is not None:
+            details["failure"] = failure
+        return ready, details
 
     side = (
         start_side_port(settings.host, settings.metrics_port, health_details)
@@ -216,7 +242,7 @@ async def serve(
             log.error("startup failed", error=str(error), reason=getattr(error, "reason", None))
             exit_code = 1
             stopping.set()
-        else:
+        elif failure is None:
             ready = True
             for name in ("", service.service_name):
                 await health.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
+import onnxruntime as ort
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -12,15 +13,33 @@ MiB = 1024 * 1024
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL_DIR = REPO_ROOT / "public" / "models"
 
-# Short names accepted in *_PROVIDERS, mapped to ONNX Runtime's provider names.
+# Short names accepted in *_PROVIDERS, mapped to ONNX Runtime's provider names. ROCm has no
+# alias: ONNX Runtime dropped ROCMExecutionProvider (AMD GPUs run through migraphx).
 PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
     "openvino": "OpenVINOExecutionProvider",
-    "rocm": "ROCMExecutionProvider",
+    "migraphx": "MIGraphXExecutionProvider",
     "coreml": "CoreMLExecutionProvider",
 }
+
+
+def provider_name(value: str) -> str:
+    """ONNX Runtime's name for an alias or a full provider name; unknown names are refused.
+
+    Checked against every provider this ONNX Runtime release knows (built in or not), so a
+    typo fails the settings, while a real provider this build lacks fails at start-up with
+    what to install.
+    """
+    name = PROVIDER_ALIASES.get(value.strip().lower(), value.strip())
+    if name not in ort.get_all_providers():
+        raise ValueError(
+            f"unknown execution provider {value!r}: use one of "
+            f"{', '.join(PROVIDER_ALIASES)} or a full name ONNX Runtime {ort.__version__} "
+            "knows (onnxruntime.get_all_providers())"
+        )
+    return name
 
 
 class ServerSettings(BaseSettings):
@@ -58,7 +77,8 @@ class OnnxSettings(BaseSettings):
     )
     providers: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["CPUExecutionProvider"],
-        description="Execution providers in priority order, comma-separated: cpu, cuda, tensorrt.",
+        description="Execution providers in priority order, comma-separated: cpu, cuda, tensorrt, "
+        "openvino, migraphx, coreml, or a full ONNX Runtime provider name.",
     )
     allow_cpu_fallback: bool = Field(
         False, description="Start on the CPU when a requested GPU provider is unavailable."
@@ -70,13 +90,40 @@ class OnnxSettings(BaseSettings):
         1, ge=0, description="ONNX Runtime inter-op threads; 0 = default."
     )
 
+    device_id: int = Field(
+        0,
+        ge=0,
+        description="GPU the CUDA and TensorRT providers run on (index as the process sees them).",
+    )
+    gpu_mem_limit_mb: int = Field(
+        0,
+        ge=0,
+        description="Most GPU memory the CUDA provider's arena takes, in MiB; 0 = no limit.",
+    )
+    arena_extend_strategy: Literal["same_as_requested", "next_power_of_two"] = Field(
+        "same_as_requested",
+        description="How the CUDA arena grows: same_as_requested (tight; the shapes are few and "
+        "warmed up) or next_power_of_two (ONNX Runtime's default).",
+    )
+    cudnn_conv_algo_search: Literal["exhaustive", "heuristic", "default"] = Field(
+        "exhaustive",
+        description="cuDNN convolution search: exhaustive finds the fastest kernels once per "
+        "input shape, at warm-up; heuristic starts faster.",
+    )
+    trt_engine_cache_dir: Path | None = Field(
+        None,
+        description="Writable folder where TensorRT keeps built engines; unset = rebuilt at "
+        "every start (minutes).",
+    )
+    trt_fp16: bool = Field(False, description="Let TensorRT run layers in fp16.")
+
     @field_validator("providers", mode="before")
     @classmethod
     def _split_providers(cls, value: object) -> object:
         if isinstance(value, str):
-            value = [p.strip() for p in value.split(",") if p.strip()]
+            value = [p for p in value.split(",") if p.strip()]
         if isinstance(value, list):
-            return [PROVIDER_ALIASES.get(str(p).lower(), str(p)) for p in value]
+            return [provider_name(str(p)) for p in value]
         return value
 
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 from insightface.model_zoo.scrfd import SCRFD
 from insightface.utils import face_align
 
-from facescore.v1 import common_pb2
-from services.common.models import ModelSpec, select_model, verify_model
-from services.common.onnx import create_session
+from services.common.model_base import OnnxModel
+from services.common.onnx import ShapeProfile
 from services.detect.settings import DetectSettings
 
 # insightface's norm_crop calls a scikit-image method that warns of its own future removal.
@@ -35,20 +37,24 @@ class RawFace:
         return float(min(self.box[2] - self.box[0], self.box[3] - self.box[1]))
 
 
-class FaceDetector:
-    """Loads the detector named by the manifest and finds faces, largest first."""
+class FaceDetector(OnnxModel):
+    """The manifest's detector: finds faces, largest first."""
+
+    role = "detector"
+    settings: DetectSettings
 
     def __init__(self, settings: DetectSettings) -> None:
-        self.settings = settings
-        self.spec: ModelSpec = select_model(settings.model_dir, "detector", settings.model_name)
+        super().__init__(settings)
         self._model: SCRFD | None = None
-        self.providers: list[str] = []
 
-    def load(self) -> None:
-        path = verify_model(self.settings.model_dir, self.spec)
-        session = create_session(path, self.settings)
-        self.providers = list(session.get_providers())
-        model = SCRFD(model_file=str(path), session=session)
+    def shape_profile(self, path: Path) -> ShapeProfile:
+        side = self.settings.input_size
+        return ShapeProfile(*[(1, 3, side, side)] * 3)
+
+    def _wrap(self, path: Path, session: ort.InferenceSession) -> None:
+        # static_shape_sessions=False: insightface would otherwise open a second, fixed-shape
+        # session from the file, past this factory's providers and options.
+        model = SCRFD(model_file=str(path), session=session, static_shape_sessions=False)
         side = self.settings.input_size
         # ctx_id 0 keeps the configured providers; a negative id would force the CPU.
         model.prepare(
@@ -64,16 +70,9 @@ class FaceDetector:
         for _ in range(2):
             self.detect(blank, self.settings.score_threshold)
 
-    def model_info(self) -> common_pb2.ModelInfo:
+    def _describe(self) -> dict[str, Any]:
         side = self.settings.input_size
-        return common_pb2.ModelInfo(
-            name=self.spec.name,
-            sha256=self.spec.sha256,
-            role=self.spec.role,
-            providers=self.providers,
-            input_width=side,
-            input_height=side,
-        )
+        return {"input_width": side, "input_height": side}
 
     def detect(
         self,
@@ -85,12 +84,13 @@ class FaceDetector:
         if self._model is None:
             raise RuntimeError("detector is not loaded")
         side = self.settings.input_size
-        boxes, kpss = self._model.detect(
-            _fit_for_resize(image_bgr, side),
-            input_size=(side, side),
-            max_num=0,
-            det_thresh=score_threshold,
-        )
+        with self.running():
+            boxes, kpss = self._model.detect(
+                _fit_for_resize(image_bgr, side),
+                input_size=(side, side),
+                max_num=0,
+                det_thresh=score_threshold,
+            )
         faces = [
             RawFace(
                 box=boxes[i, :4].astype(np.float32), score=float(boxes[i, 4]), landmarks=kpss[i]

@@ -15,12 +15,23 @@ from services.common.errors import FaceScoreError, Reason
 from services.common.metrics import BATCH_SIZE, MODEL_RUNS, MODEL_SECONDS, QUEUE_DEPTH
 
 
+def batch_buckets(max_batch: int) -> tuple[int, ...]:
+    """The batch sizes the model ever sees: powers of two below `max_batch`, and `max_batch`.
+
+    A GPU pays for every new input shape (cuDNN's kernel search, a TensorRT engine), so
+    batches are padded up to one of these few sizes, each run once at warm-up.
+    """
+    sizes = [1 << i for i in range(max_batch.bit_length()) if 1 << i < max_batch]
+    return (*sizes, max_batch)
+
+
 class Batcher:
     """Collects crops until `max_batch` or until the oldest has waited `max_delay_s`.
 
     One model run at a time: while it runs, new crops queue up and form the next batch,
     so batching grows with load without adding latency when idle. The queue is bounded
-    and a call that would overflow it is refused with RESOURCE_EXHAUSTED.
+    and a call that would overflow it is refused with RESOURCE_EXHAUSTED. Each batch is
+    padded to the next of `batch_buckets(max_batch)`; the padding's results are dropped.
     """
 
     def __init__(
@@ -37,11 +48,17 @@ class Batcher:
         self._executor = executor
         self._model = model
         self._max_batch = max_batch
+        self._buckets = batch_buckets(max_batch)
         self._max_delay_s = max_delay_s
         self._max_queue = max_queue
         self._queue: deque[tuple[np.ndarray, asyncio.Future[np.ndarray], float]] = deque()
         self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def queued(self) -> int:
+        """Crops waiting for a model run (the one running not counted)."""
+        return len(self._queue)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name=f"batcher-{self._model}")
@@ -104,6 +121,8 @@ class Batcher:
         batch: list[tuple[np.ndarray, asyncio.Future[np.ndarray], float]],
     ) -> None:
         crops = [crop for crop, _, _ in batch]
+        bucket = next(size for size in self._buckets if size >= len(crops))
+        crops += [crops[-1]] * (bucket - len(crops))
         started = time.perf_counter()
         try:
             vectors = await loop.run_in_executor(self._executor, self._run, crops)
@@ -115,6 +134,6 @@ class Batcher:
         MODEL_SECONDS.labels(self._model).observe(time.perf_counter() - started)
         MODEL_RUNS.labels(self._model).inc()
         BATCH_SIZE.labels(self._model).observe(len(batch))
-        for (_, future, _), vector in zip(batch, vectors, strict=True):
+        for (_, future, _), vector in zip(batch, vectors[: len(batch)], strict=True):
             if not future.done():
                 future.set_result(vector)

@@ -15,7 +15,8 @@ from facescore.admin.backup import sha256_file
 from facescore.admin.enroll import collect
 from facescore.cli import main
 from facescore.v1 import score_pb2, score_pb2_grpc
-from services.common.models import vectron_file
+from services.common.models import select_model, vectron_file
+from services.common.settings import DEFAULT_MODEL_DIR
 from tests.admin.helpers import (
     GOOD_PHOTOS,
     GOOD_SUBJECTS,
@@ -156,7 +157,8 @@ def test_enroll_backup_restore_round_trip(
     assert manifest["facescore_version"] and manifest["created"]
     assert manifest["redis"] is None
     assert [m["model_name"] for m in manifest["models"]] == ["w600k_mbf"]
-    assert len(manifest["models"][0]["model_sha256"]) == 64
+    recognizer = select_model(DEFAULT_MODEL_DIR, "recognizer")
+    assert manifest["models"][0]["model_sha256"] == recognizer.sha256
     assert "qdrant/meta.json" in manifest["files"]
     assert "qdrant/.lock" not in manifest["files"]
     for name, entry in manifest["files"].items():

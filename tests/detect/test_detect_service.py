@@ -16,7 +16,8 @@ from PIL import Image
 
 from facescore.v1 import common_pb2, detect_pb2, detect_pb2_grpc
 from services.common.errors import reason_of
-from services.common.models import vectron_file
+from services.common.models import file_sha256, select_model, vectron_file
+from services.common.settings import DEFAULT_MODEL_DIR
 from tests.conftest import ServiceProcess
 from tests.pngs import dense_bomb
 
@@ -206,7 +207,10 @@ def test_model_identity_in_rpc_and_health_details(detect_service: ServiceProcess
         info = detect_pb2_grpc.DetectServiceStub(channel).GetModelInfo(
             common_pb2.GetModelInfoRequest(), timeout=5
         )
-    assert info.name == "scrfd_500m_bnkps" and len(info.sha256) == 64
+    spec = select_model(DEFAULT_MODEL_DIR, "detector")
+    # The identity is the manifest's, and the file served is the one the manifest names.
+    assert (info.name, info.sha256) == (spec.name, spec.sha256)
+    assert file_sha256(spec.path(DEFAULT_MODEL_DIR)) == spec.sha256
     assert info.providers == ["CPUExecutionProvider"]
     with urllib.request.urlopen(detect_service.metrics_url + "/health", timeout=5) as reply:
         details = json.load(reply)

@@ -21,7 +21,8 @@ from PIL import Image, ImageOps
 
 from facescore.v1 import common_pb2, detect_pb2, detect_pb2_grpc, embed_pb2, embed_pb2_grpc
 from services.common.errors import reason_of
-from services.common.models import vectron_file
+from services.common.models import file_sha256, select_model, vectron_file
+from services.common.settings import DEFAULT_MODEL_DIR
 from tests.conftest import ServiceProcess
 
 
@@ -177,8 +178,11 @@ def test_model_identity(embed_service: ServiceProcess) -> None:
         info = embed_pb2_grpc.EmbedServiceStub(channel).GetModelInfo(
             common_pb2.GetModelInfoRequest(), timeout=5
         )
-    assert (info.name, info.role, info.embedding_dim) == ("w600k_mbf", "recognizer", 512)
-    assert len(info.sha256) == 64
+    spec = select_model(DEFAULT_MODEL_DIR, "recognizer")
+    assert (info.name, info.role, info.embedding_dim) == (spec.name, "recognizer", 512)
+    # The identity is the manifest's, and the file served is the one the manifest names.
+    assert info.sha256 == spec.sha256 == file_sha256(spec.path(DEFAULT_MODEL_DIR))
+    assert list(info.providers) == ["CPUExecutionProvider"]
 
 
 async def test_sigterm_lets_the_call_in_flight_finish(
