@@ -5,14 +5,13 @@ The Qdrant server binary cannot be installed here; the same client code talks to
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
 import re
 import time
 import urllib.request
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -23,6 +22,7 @@ from PIL import Image
 from facescore.v1 import score_pb2, score_pb2_grpc
 from services.common.errors import error_info, reason_of
 from tests.conftest import ServiceProcess
+from tests.races import RaceTally
 
 Photo = Callable[[str], bytes]
 StartService = Callable[..., ServiceProcess]
@@ -218,10 +218,6 @@ async def test_enroll_racing_deletes_leaves_no_half_written_state(
     async with grpc.aio.insecure_channel(score_service.address) as channel:
         stub = score_pb2_grpc.ScoreServiceStub(channel)
 
-        async def quietly(call: Awaitable[object]) -> None:
-            with contextlib.suppress(grpc.aio.AioRpcError):  # subject/gallery not found
-                await call
-
         async def consistent(gallery: str) -> None:
             listing = await stub.ListSubjects(
                 score_pb2.ListSubjectsRequest(gallery=gallery), timeout=10
@@ -232,45 +228,56 @@ async def test_enroll_racing_deletes_leaves_no_half_written_state(
             assert faces == sum(s.face_count for s in listing.subjects)
 
         enroll_request = score_pb2.EnrollRequest
+        tally = RaceTally()
         for _ in range(4):
             await asyncio.gather(
                 *(
-                    quietly(
+                    tally.run(
+                        "enroll",
                         stub.Enroll(
                             enroll_request(gallery=gallery, subject_id="racer", image=p),
                             timeout=60,
-                        )
+                        ),
                     )
                     for p in photos
                 ),
                 *(
-                    quietly(
+                    tally.run(
+                        "delete subject",
                         stub.DeleteSubject(
                             score_pb2.DeleteSubjectRequest(gallery=gallery, subject_id="racer"),
                             timeout=60,
-                        )
+                        ),
                     )
                     for _ in range(3)
                 ),
             )
             await consistent(gallery)
+        assert tally.done["enroll"] > 0, tally
+        assert tally.done["delete subject"] > 0, tally
 
         # Photos not analyzed yet: each enrollment awaits detect and embed, and the delete
         # lands while they work.
         fresh = [jpeg_variant(photo("yaoming.jpg"), 80 + i) for i in range(6)]
         doomed = f"{gallery}-doomed"
         await stub.CreateGallery(score_pb2.CreateGalleryRequest(name=doomed), timeout=10)
+        doomed_tally = RaceTally()
         await asyncio.gather(
             *(
-                quietly(
+                doomed_tally.run(
+                    "enroll",
                     stub.Enroll(
                         enroll_request(gallery=doomed, subject_id=f"d{i}", image=p), timeout=60
-                    )
+                    ),
                 )
                 for i, p in enumerate(fresh)
             ),
-            quietly(stub.DeleteGallery(score_pb2.DeleteGalleryRequest(name=doomed), timeout=60)),
+            doomed_tally.run(
+                "delete gallery",
+                stub.DeleteGallery(score_pb2.DeleteGalleryRequest(name=doomed), timeout=60),
+            ),
         )
+        assert doomed_tally.done["delete gallery"] == 1, doomed_tally
         # Faces left behind in the deleted gallery would reappear when it is created again.
         await stub.CreateGallery(score_pb2.CreateGalleryRequest(name=doomed), timeout=10)
         listing = await stub.ListSubjects(score_pb2.ListSubjectsRequest(gallery=doomed), timeout=10)
