@@ -37,10 +37,8 @@ def ipv4_target(replicas: list[ServiceProcess]) -> str:
 
 def calls(replica: ServiceProcess, method: str) -> float:
     """Calls of a method the replica has answered (its own metrics: a fresh process starts at 0)."""
-    return sum(
-        replica.metric("facescore_grpc_requests_total", method=f"/facescore.v1.{name}/{method}")
-        for name in ("DetectService", "EmbedService")
-    )
+    service = f"facescore.v1.{replica.name.capitalize()}Service"
+    return replica.metric("facescore_grpc_requests_total", method=f"/{service}/{method}")
 
 
 @dataclass
