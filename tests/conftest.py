@@ -8,13 +8,14 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.common.models import insightface_image, vectron_file
 
@@ -25,6 +26,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_until(what: str, check: Callable[[], object], timeout: float = 60.0) -> None:
+    """Poll until check() holds. The timeout only catches a hang: it decides no outcome."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"still waiting after {timeout}s for {what}")
+        time.sleep(0.05)
 
 
 @dataclass
@@ -104,6 +114,21 @@ class ServiceProcess:
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 60.0) -> None:
+        """Wait until the log holds text (lines reach the file when the service writes them)."""
+        wait_until(f"{text!r} in the {self.name} log", lambda: text in self.logs(), timeout)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of a metric's samples whose labels include these, from /metrics."""
+        with urllib.request.urlopen(self.metrics_url + "/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and labels.items() <= sample.labels.items()
+        )
 
 
 @pytest.fixture(scope="session")

@@ -11,11 +11,16 @@ from services.common.logging import RequestIdClientInterceptor
 from services.common.server import grpc_options
 
 
-def _service_config(retry: Sequence[str]) -> str:
+def _service_config(retry: Sequence[str], health_checked: bool) -> str:
     config: dict[str, object] = {
         # Every address the DNS name resolves to gets calls in turn: scaled-out replicas share load.
         "loadBalancingConfig": [{"round_robin": {}}],
     }
+    if health_checked:
+        # round_robin then calls only replicas whose grpc.health.v1 status is SERVING: one
+        # still loading its model, or draining after SIGTERM, gets no calls. Its answers
+        # would be UNAVAILABLE after the response headers, too late for the retry policy.
+        config["healthCheckConfig"] = {"serviceName": ""}
     if retry:
         config["methodConfig"] = [
             {
@@ -34,13 +39,14 @@ def _service_config(retry: Sequence[str]) -> str:
 
 
 def open_channel(
-    target: str, max_message_bytes: int, *, retry: Sequence[str] = ()
+    target: str, max_message_bytes: int, *, retry: Sequence[str] = (), health_checked: bool = False
 ) -> grpc.aio.Channel:
     """A channel that carries the request id; calls to the services named in `retry`
-    (full names, "facescore.v1.DetectService") are retried on UNAVAILABLE."""
+    (full names, "facescore.v1.DetectService") are retried on UNAVAILABLE; a health_checked
+    channel sends calls only to replicas that report SERVING."""
     options = [
         *grpc_options(max_message_bytes),
-        ("grpc.service_config", _service_config(retry)),
+        ("grpc.service_config", _service_config(retry, health_checked)),
         ("grpc.enable_retries", 1),
         # A restarted dependency is found again within a second, not after minutes of backoff.
         ("grpc.initial_reconnect_backoff_ms", 100),

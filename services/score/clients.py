@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -13,6 +16,13 @@ from services.common.errors import FaceScoreError, Reason, reason_of
 
 # Retried on UNAVAILABLE only: such a call never reached a model, so a retry is safe.
 _INFERENCE_SERVICES = ("facescore.v1.DetectService", "facescore.v1.EmbedService")
+# A call cut off by a replica's death is UNAVAILABLE too, but past gRPC's retry policy: the
+# replica had sent its response headers. detect and embed are pure functions of the request,
+# so such a call is sent again, by round_robin to another replica.
+ATTEMPTS = 3
+BACKOFF_S = 0.05  # Times the attempt number: time for the channel to see the connection gone.
+
+T = TypeVar("T")
 
 
 def remaining(deadline: float) -> float:
@@ -46,15 +56,30 @@ def dependency_error(dependency: str, error: grpc.aio.AioRpcError) -> FaceScoreE
     )
 
 
+async def call_with_attempts(
+    dependency: str, call: Callable[[float], Awaitable[T]], deadline: float
+) -> T:
+    """The call, sent again on UNAVAILABLE while attempts and the deadline last."""
+    attempt = 1
+    while True:
+        try:
+            return await call(remaining(deadline))
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == ATTEMPTS:
+                raise dependency_error(dependency, error) from None
+        await asyncio.sleep(min(BACKOFF_S * attempt, remaining(deadline)))
+        attempt += 1
+
+
 class InferenceClient:
     """The detect and embed services, as the score service uses them."""
 
     def __init__(self, detect_target: str, embed_target: str, max_message_bytes: int) -> None:
         self._detect_channel = open_channel(
-            detect_target, max_message_bytes, retry=_INFERENCE_SERVICES
+            detect_target, max_message_bytes, retry=_INFERENCE_SERVICES, health_checked=True
         )
         self._embed_channel = open_channel(
-            embed_target, max_message_bytes, retry=_INFERENCE_SERVICES
+            embed_target, max_message_bytes, retry=_INFERENCE_SERVICES, health_checked=True
         )
         self._detect = detect_pb2_grpc.DetectServiceStub(self._detect_channel)
         self._embed = embed_pb2_grpc.EmbedServiceStub(self._embed_channel)
@@ -64,25 +89,18 @@ class InferenceClient:
         await self._embed_channel.close()
 
     async def detect(self, image: bytes, deadline: float) -> detect_pb2.DetectResponse:
-        try:
-            response: detect_pb2.DetectResponse = await self._detect.Detect(
-                detect_pb2.DetectRequest(image=image, include_crops=True),
-                timeout=remaining(deadline),
-            )
-        except grpc.aio.AioRpcError as error:
-            raise dependency_error("detect", error) from None
-        return response
+        request = detect_pb2.DetectRequest(image=image, include_crops=True)
+        return await call_with_attempts(
+            "detect", lambda timeout: self._detect.Detect(request, timeout=timeout), deadline
+        )
 
     async def embed(
         self, crops: list[common_pb2.AlignedCrop], deadline: float
     ) -> embed_pb2.EmbedResponse:
-        try:
-            response: embed_pb2.EmbedResponse = await self._embed.Embed(
-                embed_pb2.EmbedRequest(crops=crops), timeout=remaining(deadline)
-            )
-        except grpc.aio.AioRpcError as error:
-            raise dependency_error("embed", error) from None
-        return response
+        request = embed_pb2.EmbedRequest(crops=crops)
+        return await call_with_attempts(
+            "embed", lambda timeout: self._embed.Embed(request, timeout=timeout), deadline
+        )
 
     async def model_infos(
         self, timeout: float

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import grpc
@@ -23,7 +24,7 @@ from facescore.v1 import common_pb2, detect_pb2, detect_pb2_grpc, embed_pb2, emb
 from services.common.logging import REQUEST_ID_HEADER, RequestIdClientInterceptor
 from services.common.server import serve
 from services.common.settings import ServerSettings
-from tests.conftest import ServiceProcess, free_port
+from tests.conftest import ServiceProcess, free_port, wait_until
 
 
 class GatedService:
@@ -50,9 +51,26 @@ class GatedService:
 async def _status(address: str, service: str = "") -> int:
     async with grpc.aio.insecure_channel(address) as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=service), timeout=2
+            health_pb2.HealthCheckRequest(service=service), timeout=30
         )
     return int(reply.status)
+
+
+async def _listening(address: str) -> None:
+    """Wait until the server accepts connections (the timeout only catches a hang)."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        await asyncio.wait_for(channel.channel_ready(), 60)
+
+
+async def _watch_until_serving(address: str, service: str = "") -> None:
+    """Follow the health stream until it says SERVING (the deadline only catches a hang)."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=service), timeout=60
+        )
+        async for reply in watch:
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return
 
 
 async def test_health_turns_serving_only_after_warm_up() -> None:
@@ -62,22 +80,14 @@ async def test_health_turns_serving_only_after_warm_up() -> None:
     stopping = asyncio.Event()
     server = asyncio.create_task(serve(service, settings, stopping))
     try:
-        for _ in range(50):
-            try:
-                status = await _status(address)
-                break
-            except grpc.aio.AioRpcError:
-                await asyncio.sleep(0.05)
-        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        await _listening(address)
+        assert await _status(address) == health_pb2.HealthCheckResponse.NOT_SERVING
         assert (
             await _status(address, service.service_name)
             == health_pb2.HealthCheckResponse.NOT_SERVING
         )
         service.release.set()
-        for _ in range(50):
-            if await _status(address) == health_pb2.HealthCheckResponse.SERVING:
-                break
-            await asyncio.sleep(0.05)
+        await _watch_until_serving(address)
         assert (
             await _status(address, service.service_name) == health_pb2.HealthCheckResponse.SERVING
         )
@@ -112,6 +122,13 @@ def _log_lines(service: ServiceProcess) -> list[dict[str, Any]]:
     return lines
 
 
+def _logged_done(service: ServiceProcess, request_id: str) -> bool:
+    return any(
+        line.get("request_id") == request_id and line.get("event") == "request done"
+        for line in _log_lines(service)
+    )
+
+
 async def test_request_id_reaches_every_service_log(
     start_service: Callable[..., ServiceProcess], photo: Callable[[str], bytes]
 ) -> None:
@@ -138,8 +155,9 @@ async def test_request_id_reaches_every_service_log(
             )
     finally:
         structlog.contextvars.unbind_contextvars("request_id")
-    await asyncio.sleep(0.2)
     for service in (detect_service, embed_service):
+        # The access line is written after the reply is sent: wait for it, not a while.
+        wait_until(f"{service.name}'s access line", partial(_logged_done, service, "rid-test-1234"))
         tagged = [line for line in _log_lines(service) if line.get("request_id") == "rid-test-1234"]
         assert tagged, service.logs()
         assert all(line["service"] == service.name for line in tagged)
@@ -173,12 +191,7 @@ async def test_a_taken_port_fails_the_start() -> None:
     stopping = asyncio.Event()
     running = asyncio.create_task(serve(first, settings, stopping))
     try:
-        for _ in range(100):
-            try:
-                await _status(f"127.0.0.1:{settings.port}")
-                break
-            except grpc.aio.AioRpcError:
-                await asyncio.sleep(0.05)
+        await _listening(f"127.0.0.1:{settings.port}")
         with structlog.testing.capture_logs() as logs:
             assert await asyncio.wait_for(serve(second, settings, asyncio.Event()), 10) == 1
         assert any(entry["event"].startswith("cannot bind") for entry in logs)

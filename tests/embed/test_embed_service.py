@@ -6,7 +6,6 @@ import asyncio
 import io
 import re
 import signal
-import time
 import urllib.request
 from collections.abc import Callable
 
@@ -23,7 +22,7 @@ from facescore.v1 import common_pb2, detect_pb2, detect_pb2_grpc, embed_pb2, emb
 from services.common.errors import reason_of
 from services.common.models import file_sha256, select_model, vectron_file
 from services.common.settings import DEFAULT_MODEL_DIR
-from tests.conftest import ServiceProcess
+from tests.conftest import ServiceProcess, wait_until
 
 
 def crops_of(detect_service: ServiceProcess, image: bytes) -> list[common_pb2.AlignedCrop]:
@@ -190,18 +189,23 @@ async def test_sigterm_lets_the_call_in_flight_finish(
     detect_service: ServiceProcess,
     photo: Callable[[str], bytes],
 ) -> None:
-    # A long batch delay holds the call inside the service when SIGTERM arrives.
-    service = start_service("embed", EMBED_MAX_BATCH_DELAY_MS="1500")
+    # A long batch delay holds the call inside the service when SIGTERM arrives; the grace
+    # period outlasts it.
+    service = start_service("embed", EMBED_MAX_BATCH_DELAY_MS="3000", EMBED_GRACE_PERIOD_S="30")
     crops = crops_of(detect_service, photo("yaoming.jpg"))
     async with grpc.aio.insecure_channel(service.address) as channel:
         call = embed_pb2_grpc.EmbedServiceStub(channel).Embed(
-            embed_pb2.EmbedRequest(crops=crops), timeout=30
+            embed_pb2.EmbedRequest(crops=crops), timeout=60
         )
-        await asyncio.sleep(0.5)
+        # The crop waits in the batcher's queue: the call is inside the service.
+        await asyncio.to_thread(
+            wait_until,
+            "the crop to reach the queue",
+            lambda: service.metric("facescore_queue_depth") == 1,
+        )
+        assert not call.done()
         assert service.process is not None
         service.process.send_signal(signal.SIGTERM)
-        started = time.monotonic()
         reply = await call
     assert len(reply.embeddings) == 1
-    assert time.monotonic() - started < 5
-    assert service.process.wait(20) == 0
+    assert service.process.wait(60) == 0

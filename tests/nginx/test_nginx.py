@@ -127,7 +127,7 @@ def start_nginx(
         stderr.close()
         server = Nginx(prefix, http_port, https_port, process)
         started.append(server)
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 60
         while True:
             if process.poll() is not None:
                 pytest.fail(f"nginx exited with {process.returncode}:\n{server.logs()}")
@@ -137,7 +137,7 @@ def start_nginx(
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"nginx did not answer /healthz within 15 s:\n{server.logs()}")
+                pytest.fail(f"nginx did not answer /healthz within 60 s:\n{server.logs()}")
             time.sleep(0.05)
 
     yield start

@@ -1,7 +1,9 @@
 """`facescore calibrate`: the pure figures on hand-made similarities, and one run of the command.
 
-The end-to-end run builds its labeled folder from the sample photos that installed packages
-ship (never from a folder only some machines have).
+The end-to-end runs build their labeled folders from the sample photos that installed packages
+ship (never from a folder only some machines have): one checks the command's mechanics on
+mirrored and re-encoded copies, the other its figures on two genuinely different photos of
+one person (yaoming.jpg, and Yao Ming in players.jpg) among some thirty strangers.
 """
 
 from __future__ import annotations
@@ -365,8 +367,17 @@ def read_bgr(path: Path) -> np.ndarray:
     return image
 
 
+def cut_out(image: np.ndarray, box: np.ndarray, margin: float) -> np.ndarray:
+    """The face in box with a margin (a fraction of the box's larger side) around it."""
+    x1, y1, x2, y2 = box
+    pad = margin * max(x2 - x1, y2 - y1)
+    top, left = int(max(0, y1 - pad)), int(max(0, x1 - pad))
+    return image[top : int(y2 + pad), left : int(x2 + pad)]
+
+
 def build_subjects(root: Path) -> None:
-    """yao: one photo, mirrored and re-encoded; one subject per face of t1.jpg and gdp.jpg
+    """The command's mechanics (skips, duplicates, counts, output), not the model's accuracy:
+    yao: one photo, mirrored and re-encoded; one subject per face of t1.jpg and gdp.jpg
     (the face cut out with a margin, and mirrored); plus a photo without a face, a file that
     is no image and a duplicate, all of which calibrate must skip."""
     from services.detect.detector import FaceDetector
@@ -386,10 +397,7 @@ def build_subjects(root: Path) -> None:
         faces = detector.detect(image, 0.5, min_face_size=MIN_SIDE)
         assert len(faces) >= 3, path
         for k, face in enumerate(faces):
-            x1, y1, x2, y2 = face.box
-            margin = MARGIN * max(x2 - x1, y2 - y1)
-            top, left = int(max(0, y1 - margin)), int(max(0, x1 - margin))
-            crop = image[top : int(y2 + margin), left : int(x2 + margin)]
+            crop = cut_out(image, face.box, MARGIN)
             folder = root / f"{path.stem}_{k}"
             write_jpeg(folder / "crop.jpg", crop)
             write_jpeg(folder / "mirrored.jpg", np.ascontiguousarray(crop[:, ::-1]))
@@ -469,3 +477,65 @@ def test_calibrate_command_errors(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "--thresholds: not a number" in capsys.readouterr().err
     assert main(["calibrate", str(tmp_path), "--target-far", "2"]) == 2
     assert "--target-far" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# The command on two genuinely different photos of one person, and many other people.
+
+# Yao Ming wears number 13 in players.jpg: the tallest player, back row, centre. This pixel
+# lies inside his face; a person looking at the photo placed it, not the models.
+YAO_IN_PLAYERS = (742, 167)
+# Enough context around a face in a group photo for the detector to find it again in the
+# cut-out, small enough that it stays the largest face there (checked for these photos).
+GROUP_MARGIN = 0.5
+
+
+def build_people(root: Path) -> None:
+    """yao: yaoming.jpg, and his face cut out of players.jpg (another day, another camera,
+    another light); one subject for every other face of players.jpg, t1.jpg and gdp.jpg,
+    spectators in the stands included."""
+    from services.detect.detector import FaceDetector
+    from services.detect.settings import DetectSettings
+
+    detector = FaceDetector(DetectSettings())
+    detector.load()
+    (root / "yao").mkdir(parents=True)
+    shutil.copy(vectron_file("yaoming.jpg"), root / "yao" / "yaoming.jpg")
+    x, y = YAO_IN_PLAYERS
+    for path in (vectron_file("players.jpg"), insightface_image("t1.jpg"), vectron_file("gdp.jpg")):
+        image = read_bgr(path)
+        for k, face in enumerate(detector.detect(image, 0.5)):
+            x1, y1, x2, y2 = face.box
+            yao = path.name == "players.jpg" and x1 <= x <= x2 and y1 <= y <= y2
+            folder = root / ("yao" if yao else f"{path.stem}_{k}")
+            write_jpeg(folder / f"{path.stem}_{k}.jpg", cut_out(image, face.box, GROUP_MARGIN))
+
+
+def test_calibrate_on_one_person_in_two_photos_among_strangers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    build_people(tmp_path)
+    assert main(["calibrate", str(tmp_path), "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    # The detector finds the faces again in their cut-outs, but for a few tiny spectators.
+    assert all(item["reason"].startswith("no face found") for item in figures["skipped"])
+    assert figures["photos"] >= 28
+    assert figures["photos_per_subject"]["yao"] == 2
+    photos, impostor = figures["photos"], figures["impostor_pairs"]
+    assert figures["genuine_pairs"] == 1
+    assert impostor == photos * (photos - 1) // 2 - 1
+    [genuine] = figures["lowest_genuine"]
+    assert {genuine["first"], genuine["second"]} == {"yao/yaoming.jpg", "yao/players_3.jpg"}
+
+    # At SCORE_THRESHOLD the two photos of Yao Ming match and no two strangers do.
+    table = {row["threshold"]: row for row in figures["rates"]}
+    assert table[0.4]["tpr"] == 1.0, genuine
+    assert table[0.4]["far"] == 0.0, figures["highest_impostor"]
+    # Yao Ming's pair outscores every pair of strangers: the threshold that rejects them all
+    # still accepts him.
+    target = figures["target"]
+    assert target["far"] == 0.0 and target["tpr"] == 1.0
+    assert genuine["similarity"] > target["bound"] == figures["highest_impostor"][0]["similarity"]
+    # Strangers mostly look nothing alike; a low threshold lets some of them through.
+    assert figures["distributions"]["impostor"]["median"] < 0.15
+    assert table[0.2]["far"] > 0.0

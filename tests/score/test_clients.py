@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Awaitable, Callable
+
 import grpc
 import pytest
 
 from services.common.errors import FaceScoreError, Reason
-from services.score.clients import dependency_error
+from services.score.clients import ATTEMPTS, call_with_attempts, dependency_error
 
 
 def failed_call(code: grpc.StatusCode, reason: Reason | None, details: str) -> grpc.aio.AioRpcError:
@@ -53,3 +56,38 @@ def test_dependency_errors_keep_their_meaning(
     assert (error.reason, error.code) == (expected, expected_code)
     if expected is not Reason.CORRUPT_IMAGE:
         assert error.metadata["dependency"] == "embed"
+
+
+def calls_failing_with(
+    *codes: grpc.StatusCode,
+) -> tuple[list[int], Callable[[float], Awaitable[str]]]:
+    """A call that fails with each code in turn, then answers; and the attempts it saw."""
+    seen: list[int] = []
+
+    async def call(timeout: float) -> str:
+        assert timeout > 0
+        seen.append(len(seen) + 1)
+        if len(seen) <= len(codes):
+            raise failed_call(codes[len(seen) - 1], None, "cut off")
+        return "answer"
+
+    return seen, call
+
+
+async def test_unavailable_is_sent_again_until_the_attempts_run_out() -> None:
+    deadline = time.monotonic() + 60
+    seen, call = calls_failing_with(*[grpc.StatusCode.UNAVAILABLE] * (ATTEMPTS - 1))
+    assert await call_with_attempts("embed", call, deadline) == "answer"
+    assert len(seen) == ATTEMPTS
+    seen, call = calls_failing_with(*[grpc.StatusCode.UNAVAILABLE] * ATTEMPTS)
+    with pytest.raises(FaceScoreError) as raised:
+        await call_with_attempts("embed", call, deadline)
+    assert raised.value.reason == Reason.DEPENDENCY_UNAVAILABLE and len(seen) == ATTEMPTS
+
+
+async def test_other_failures_are_answered_at_once() -> None:
+    for code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED):
+        seen, call = calls_failing_with(code)
+        with pytest.raises(FaceScoreError):
+            await call_with_attempts("detect", call, time.monotonic() + 60)
+        assert len(seen) == 1, code

@@ -9,7 +9,6 @@ machines), so enrollments and deletes interleave the way they would against a se
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -18,9 +17,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from services.common.errors import FaceScoreError
 from services.score.gallery import GalleryStore, ModelIdentity, face_id
 from services.score.settings import ScoreSettings
+from tests.races import RaceTally
 
 DIM = 8
 
@@ -45,17 +44,11 @@ async def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     await store.close()
 
 
-async def enroll(store: GalleryStore, gallery: str, subject: str, n: int) -> None:
+async def enroll(store: GalleryStore, gallery: str, subject: str, n: int) -> bool:
     vector = np.random.default_rng(n).standard_normal(DIM).tolist()
     point = face_id(gallery, subject, f"{n:064x}", 0)
     payload = {"gallery": gallery, "subject_id": subject, "face_id": point}
-    with contextlib.suppress(FaceScoreError):  # the gallery may be gone: gallery_not_found
-        await store.enroll(gallery, subject, point, vector, payload, "")
-
-
-async def quietly(call: Any) -> None:
-    with contextlib.suppress(FaceScoreError):  # subject_not_found, gallery_not_found
-        await call
+    return await store.enroll(gallery, subject, point, vector, payload, "")
 
 
 async def subject_records(store: GalleryStore, gallery: str) -> set[str]:
@@ -65,25 +58,36 @@ async def subject_records(store: GalleryStore, gallery: str) -> set[str]:
 
 async def test_enrollments_racing_subject_deletes(store: GalleryStore) -> None:
     await store.create_gallery("g")
+    tally = RaceTally()
     for round_ in range(8):
         await asyncio.gather(
-            *(enroll(store, "g", "racer", 10 * round_ + i) for i in range(5)),
-            *(quietly(store.delete_subject("g", "racer")) for _ in range(2)),
+            *(tally.run("enroll", enroll(store, "g", "racer", 10 * round_ + i)) for i in range(5)),
+            *(tally.run("delete", store.delete_subject("g", "racer")) for _ in range(2)),
         )
         faces = await store.count_faces(gallery="g", subject_id="racer")
         recorded = "racer" in await subject_records(store, "g")
         assert recorded == (faces > 0), f"round {round_}: record {recorded}, {faces} face(s)"
+    # The gallery stays, so nothing may refuse an enrollment; some deletes find the subject.
+    assert tally.done["enroll"] == 40, tally
+    assert tally.done["delete"] > 0, tally
 
 
 async def test_enrollments_racing_a_gallery_delete(store: GalleryStore) -> None:
+    tally = RaceTally()
     for round_ in range(5):
         await store.create_gallery("doomed")
         await asyncio.gather(
-            *(enroll(store, "doomed", f"s{i}", 10 * round_ + i) for i in range(5)),
-            quietly(store.delete_gallery("doomed")),
+            *(
+                tally.run("enroll", enroll(store, "doomed", f"s{i}", 10 * round_ + i))
+                for i in range(5)
+            ),
+            tally.run("delete", store.delete_gallery("doomed")),
         )
         # Whatever got in before the delete went with it; nothing got in after it.
         assert await store.count_faces(gallery="doomed") == 0, f"round {round_}"
         await store.create_gallery("doomed")
         assert not await subject_records(store, "doomed"), f"round {round_}"
         await store.delete_gallery("doomed")
+    # Each round's one delete finds its gallery; enrollments ahead of it got in.
+    assert tally.done["delete"] == 5, tally
+    assert tally.done["enroll"] > 0, tally

@@ -55,6 +55,7 @@ def settings_for(sentinel: RedisSentinel, **extra: object) -> ScoreSettings:
         redis_url=SecretStr(f"redis://:{quote(PASSWORD, safe='')}@{sentinel.name}/0"),
         redis_sentinels=f"{sentinel.address}",
         redis_retry_s=0.2,
+        redis_timeout_s=5,  # a busy machine must not make a healthy Redis read as down
         **extra,  # type: ignore[arg-type]
     )
 

@@ -12,7 +12,7 @@ import re
 import time
 import urllib.request
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -22,7 +22,8 @@ from PIL import Image
 
 from facescore.v1 import score_pb2, score_pb2_grpc
 from services.common.errors import error_info, reason_of
-from tests.conftest import ServiceProcess
+from tests.conftest import ServiceProcess, wait_until
+from tests.races import RaceTally
 
 Photo = Callable[[str], bytes]
 StartService = Callable[..., ServiceProcess]
@@ -36,6 +37,8 @@ def score_env(
         "SCORE_EMBED_TARGET": f"dns:///{embed.address}",
         "SCORE_DATA_DIR": str(data_dir),
         "SCORE_REDIS_RETRY_S": "0.2",
+        # A healthy Redis slowed by a busy machine must not read as down: only a dead one.
+        "SCORE_REDIS_TIMEOUT_S": "5",
     }
     if redis_url:
         env["SCORE_REDIS_URL"] = redis_url
@@ -116,6 +119,10 @@ def counter(service: ServiceProcess, method: str) -> float:
         text = reply.read().decode()
     pattern = rf'^facescore_grpc_requests_total\{{[^}}]*method="[^"]*/{method}"[^}}]*\}} (\S+)$'
     return sum(float(v) for v in re.findall(pattern, text, re.M))
+
+
+def cache_lookups(service: ServiceProcess, result: str) -> float:
+    return service.metric("facescore_cache_requests_total", result=result)
 
 
 def test_identify_finds_yao_ming_and_nobody_else(score: Client, gallery: str, photo: Photo) -> None:
@@ -218,10 +225,6 @@ async def test_enroll_racing_deletes_leaves_no_half_written_state(
     async with grpc.aio.insecure_channel(score_service.address) as channel:
         stub = score_pb2_grpc.ScoreServiceStub(channel)
 
-        async def quietly(call: Awaitable[object]) -> None:
-            with contextlib.suppress(grpc.aio.AioRpcError):  # subject/gallery not found
-                await call
-
         async def consistent(gallery: str) -> None:
             listing = await stub.ListSubjects(
                 score_pb2.ListSubjectsRequest(gallery=gallery), timeout=10
@@ -232,45 +235,56 @@ async def test_enroll_racing_deletes_leaves_no_half_written_state(
             assert faces == sum(s.face_count for s in listing.subjects)
 
         enroll_request = score_pb2.EnrollRequest
+        tally = RaceTally()
         for _ in range(4):
             await asyncio.gather(
                 *(
-                    quietly(
+                    tally.run(
+                        "enroll",
                         stub.Enroll(
                             enroll_request(gallery=gallery, subject_id="racer", image=p),
                             timeout=60,
-                        )
+                        ),
                     )
                     for p in photos
                 ),
                 *(
-                    quietly(
+                    tally.run(
+                        "delete subject",
                         stub.DeleteSubject(
                             score_pb2.DeleteSubjectRequest(gallery=gallery, subject_id="racer"),
                             timeout=60,
-                        )
+                        ),
                     )
                     for _ in range(3)
                 ),
             )
             await consistent(gallery)
+        assert tally.done["enroll"] > 0, tally
+        assert tally.done["delete subject"] > 0, tally
 
         # Photos not analyzed yet: each enrollment awaits detect and embed, and the delete
         # lands while they work.
         fresh = [jpeg_variant(photo("yaoming.jpg"), 80 + i) for i in range(6)]
         doomed = f"{gallery}-doomed"
         await stub.CreateGallery(score_pb2.CreateGalleryRequest(name=doomed), timeout=10)
+        doomed_tally = RaceTally()
         await asyncio.gather(
             *(
-                quietly(
+                doomed_tally.run(
+                    "enroll",
                     stub.Enroll(
                         enroll_request(gallery=doomed, subject_id=f"d{i}", image=p), timeout=60
-                    )
+                    ),
                 )
                 for i, p in enumerate(fresh)
             ),
-            quietly(stub.DeleteGallery(score_pb2.DeleteGalleryRequest(name=doomed), timeout=60)),
+            doomed_tally.run(
+                "delete gallery",
+                stub.DeleteGallery(score_pb2.DeleteGalleryRequest(name=doomed), timeout=60),
+            ),
         )
+        assert doomed_tally.done["delete gallery"] == 1, doomed_tally
         # Faces left behind in the deleted gallery would reappear when it is created again.
         await stub.CreateGallery(score_pb2.CreateGalleryRequest(name=doomed), timeout=10)
         listing = await stub.ListSubjects(score_pb2.ListSubjectsRequest(gallery=doomed), timeout=10)
@@ -582,9 +596,9 @@ def test_request_id_travels_to_detect_and_embed(
         score_pb2.AnalyzeRequest(image=jpeg_variant(photo("yaoming.jpg"), 51)),
         metadata=(("x-request-id", "rid-score-42"),),
     )
-    time.sleep(0.2)
     for service in (detect_service, embed_service):
-        assert '"request_id": "rid-score-42"' in service.logs(), service.name
+        # Access lines are written after the reply is sent: wait for the line, not a while.
+        service.wait_for_log('"request_id": "rid-score-42"')
 
 
 def test_gallery_survives_a_restart(
@@ -656,21 +670,22 @@ def test_redis_outage_keeps_answers_flowing(
     analyze(warm)
     assert analyze(warm).cached
     redis_server.kill()  # type: ignore[attr-defined]
+    errors, bypassed = cache_lookups(service, "error"), cache_lookups(service, "bypass")
     for quality in range(60, 70):
-        started = time.monotonic()
         reply = analyze(jpeg_variant(photo("yaoming.jpg"), quality))
         assert len(reply.faces) == 1 and not reply.cached
-        assert time.monotonic() - started < 2
+    # One lookup finds Redis dead and opens the circuit; the others skip Redis without
+    # waiting on it, so the outage costs one failed call, not a stall per request.
+    assert cache_lookups(service, "error") - errors == 1
+    assert cache_lookups(service, "bypass") - bypassed == 9
     redis_server.start()  # type: ignore[attr-defined]
     fresh = jpeg_variant(photo("yaoming.jpg"), 53)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def cached_again() -> bool:
         analyze(fresh)
-        if analyze(fresh).cached:
-            break
-        time.sleep(0.2)
-    else:
-        pytest.fail("caching did not resume after redis came back")
+        return bool(analyze(fresh).cached)
+
+    wait_until("caching to resume after redis came back", cached_again)
 
 
 def test_embed_outage_fails_fast_then_recovers(
@@ -683,28 +698,29 @@ def test_embed_outage_fails_fast_then_recovers(
     service = start_service("score", **score_env(detect_service, embed, tmp_path, None))
     client = Client(service)
     assert embed.stop() == 0
-    started = time.monotonic()
+    # Fails fast: UNAVAILABLE naming embed, not a wait that runs into the deadline.
     with pytest.raises(grpc.RpcError) as raised:
         client.Analyze(
-            score_pb2.AnalyzeRequest(image=jpeg_variant(photo("gdp.jpg"), 61)), timeout=5
+            score_pb2.AnalyzeRequest(image=jpeg_variant(photo("gdp.jpg"), 61)), timeout=60
         )
     assert reason_of(raised.value) == "dependency_unavailable"
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "embed" in (raised.value.details() or "")
-    assert time.monotonic() - started < 5
     embed.start()
     embed.wait_serving()
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            reply = client.Analyze(
-                score_pb2.AnalyzeRequest(image=jpeg_variant(photo("gdp.jpg"), 62)), timeout=5
+    replies: list[score_pb2.AnalyzeResponse] = []
+
+    def analyzed() -> bool:
+        with contextlib.suppress(grpc.RpcError):  # until score's channel reconnects
+            replies.append(
+                client.Analyze(
+                    score_pb2.AnalyzeRequest(image=jpeg_variant(photo("gdp.jpg"), 62)), timeout=60
+                )
             )
-            break
-        except grpc.RpcError:
-            assert time.monotonic() < deadline, "score did not recover after embed came back"
-            time.sleep(0.2)
-    assert len(reply.faces) == 5
+        return bool(replies)
+
+    wait_until("score to recover after embed came back", analyzed)
+    assert len(replies[0].faces) == 5
 
 
 def test_enroll_a_chosen_face(score: Client, gallery: str, photo: Photo) -> None:
