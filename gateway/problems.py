@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from services.common.errors import error_info
 
 PROBLEM_TYPE = "https://facescore.dev/problems/"
 
@@ -92,26 +89,6 @@ def problem_response(problem: Problem, instance: str | None = None) -> JSONRespo
         media_type="application/problem+json",
         headers=problem.headers,
     )
-
-
-def from_rpc_error(error: grpc.aio.AioRpcError, retry_after_s: int) -> Problem:
-    """A failed score call as the problem our caller gets."""
-    info = error_info(error)
-    detail = error.details() or error.code().name
-    if info is None:
-        # No reason: the call never reached score's logic (score down, deadline, transport).
-        if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return Problem(504, "deadline_exceeded", "the request took too long")
-        return Problem(
-            503,
-            "dependency_unavailable",
-            f"the score service is unavailable: {detail}",
-            {"dependency": "score"},
-            {"Retry-After": str(retry_after_s)},
-        )
-    status = STATUS_OF_REASON.get(info.reason, 500)
-    headers = {"Retry-After": str(retry_after_s)} if status == 503 else {}
-    return Problem(status, info.reason, detail, dict(info.metadata), headers)
 
 
 def answer(request: Request, problem: Problem) -> JSONResponse:

@@ -1,0 +1,51 @@
+"""The service itself: version, health and the API docs."""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+from fastapi import APIRouter, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+
+from gateway import schemas
+from gateway.dependencies import READ, Score
+
+router = APIRouter()
+
+
+@router.get("/api/v1/version", dependencies=[READ], tags=["service"])
+async def version(score: Score) -> schemas.VersionResponse:
+    info = await score.service_info()
+    return schemas.VersionResponse(
+        version=importlib.metadata.version("facescore"),
+        detector=schemas.model(info.detector),
+        recognizer=schemas.model(info.recognizer),
+        collection=info.collection,
+        threshold=info.default_threshold,
+    )
+
+
+@router.get("/api/health", tags=["service"], responses={503: {"model": schemas.HealthResponse}})
+async def health(score: Score, response: Response) -> schemas.HealthResponse:
+    report = await score.health()
+    if not report.ok:
+        response.status_code = 503
+    return schemas.HealthResponse(
+        status="ok" if report.ok else "degraded",
+        dependencies={
+            d.name: schemas.DependencyState(ok=d.ok, detail=d.detail) for d in report.dependencies
+        },
+    )
+
+
+@router.get("/api/docs", include_in_schema=False)
+async def docs() -> Response:
+    # Swagger UI 5 (it reads OpenAPI 3.1) from the installed fastapi-offline package:
+    # the docs work offline, with no CDN.
+    return get_swagger_ui_html(
+        openapi_url="/api/openapi.json",
+        title="facescore API",
+        swagger_js_url="/api/docs-static/swagger-ui-bundle.js",
+        swagger_css_url="/api/docs-static/swagger-ui.css",
+        swagger_favicon_url="/api/docs-static/favicon.png",
+    )
