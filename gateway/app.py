@@ -11,16 +11,17 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import structlog
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import make_asgi_app
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from gateway import metrics, schemas
 from gateway.auth import Authenticator, load_keys
 from gateway.problems import (
     Problem,
+    answer,
     handle_http_exception,
     handle_problem,
     handle_validation_error,
@@ -38,24 +39,40 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
 ROUTERS = (service, analysis, galleries, subjects, verify)
 
 
-def utf8_path(request: Request) -> None:
-    """Refuse a path whose percent-escapes are not UTF-8 (`%FF`).
+def path_problem(request: Request) -> Problem | None:
+    """What is wrong with an API path's percent-escapes, found before the path is routed.
 
-    The server decodes them with replacement characters: a subject enrolled under such a
-    path would be stored under an id the client never sent.
+    An encoded slash (`%2F`) is decoded into a '/' that splits one name into two segments:
+    the request would reach another route or none. Escapes that are not UTF-8 (`%FF`) are
+    decoded with replacement characters: a subject would be stored under an id the client
+    never sent.
     """
-    raw = request.scope.get("raw_path")
-    if raw is None:
-        return
+    raw: bytes = request.scope.get("raw_path") or b""
+    if not request.url.path.startswith("/api/"):
+        return None
+    if b"%2f" in raw.lower():
+        return Problem(
+            400,
+            "invalid_argument",
+            "the path holds an encoded '/' (%2F): gallery names and subject ids cannot hold '/'",
+            {"field": "path"},
+        )
     try:
         urllib.parse.unquote_to_bytes(raw).decode("utf-8")
     except UnicodeDecodeError:
-        raise Problem(
-            400,
-            "invalid_argument",
-            "the path is not UTF-8 once percent-decoded",
-            {"field": "path"},
-        ) from None
+        return Problem(
+            400, "invalid_argument", "the path is not UTF-8 once percent-decoded", {"field": "path"}
+        )
+    return None
+
+
+async def client_left(request: Request, exc: Exception) -> Response:
+    """The client went away mid-request: nobody reads this answer, the logs and metrics do.
+
+    499 is nginx's code for it; without this the error would be logged as a crash and
+    counted as a 500.
+    """
+    return Response(status_code=499)
 
 
 @asynccontextmanager
@@ -80,7 +97,8 @@ async def track_request(request: Request, call_next: Any) -> Response:
     started = time.perf_counter()
     status = 500  # unless call_next answers: an error no handler turned into a response
     try:
-        response: Response = await call_next(request)
+        problem = path_problem(request)
+        response: Response = answer(request, problem) if problem else await call_next(request)
         status = response.status_code
     finally:
         elapsed = time.perf_counter() - started
@@ -109,19 +127,18 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         redoc_url=None,
         lifespan=lifespan,
         responses=PROBLEM_RESPONSES,
-        dependencies=[Depends(utf8_path)],
     )
     app.state.settings = settings
     app.state.auth = Authenticator(load_keys(settings))
     app.add_exception_handler(Problem, handle_problem)
     app.add_exception_handler(StarletteHTTPException, handle_http_exception)
     app.add_exception_handler(RequestValidationError, handle_validation_error)
+    app.add_exception_handler(ClientDisconnect, client_left)
     app.middleware("http")(track_request)
     for area in ROUTERS:
         app.include_router(area.router)
     docs_static = importlib.resources.files("fastapi_offline") / "static"
     app.mount("/api/docs-static", StaticFiles(directory=str(docs_static)), name="docs-static")
-    app.mount("/metrics", make_asgi_app())
     if settings.web_dir.is_dir():
         app.mount("/", StaticFiles(directory=settings.web_dir, html=True), name="web")
     return app

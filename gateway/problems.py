@@ -37,6 +37,9 @@ STATUS_OF_REASON = {
     "internal": 500,
 }
 
+# pydantic's errors for a string outside its pattern or length: the gateway's name rules.
+NAME_RULES = frozenset({"string_pattern_mismatch", "string_too_short", "string_too_long"})
+
 TITLES = {
     400: "Bad request",
     401: "Unauthorized",
@@ -111,9 +114,16 @@ async def handle_http_exception(request: Request, exc: Exception) -> JSONRespons
 
 async def handle_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = [
+    errors = exc.errors()
+    if len(errors) == 1 and errors[0].get("type") in NAME_RULES:
+        # A string of the right type that breaks a name's rules: the same answer score gives
+        # for a name it refuses (docs/rest-api.md, Names).
+        field = str(errors[0]["loc"][-1])
+        detail = f"{field} is not a valid name: {errors[0].get('msg', '')}"
+        return answer(request, Problem(400, "invalid_argument", detail, {"field": field}))
+    fields = [
         {"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}
-        for e in exc.errors()
+        for e in errors
     ]
-    problem = Problem(422, "validation_error", "the request is not valid", {"errors": errors})
+    problem = Problem(422, "validation_error", "the request is not valid", {"errors": fields})
     return answer(request, problem)

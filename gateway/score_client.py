@@ -26,20 +26,22 @@ HEALTH_TIMEOUT_S = 3.0
 def from_rpc_error(error: grpc.aio.AioRpcError, retry_after_s: int) -> Problem:
     """A failed score call as the problem our caller gets."""
     info = error_info(error)
-    detail = error.details() or error.code().name
     if info is None:
         # No reason: the call never reached score's logic (score down, deadline, transport).
+        # gRPC's own detail names internal addresses: it goes to the log, not to the caller.
+        log.warning("score call failed", grpc_code=error.code().name, detail=error.details())
         if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
             return Problem(504, "deadline_exceeded", "the request took too long")
         return Problem(
             503,
             "dependency_unavailable",
-            f"the score service is unavailable: {detail}",
+            f"score is unavailable ({error.code().name})",
             {"dependency": "score"},
             {"Retry-After": str(retry_after_s)},
         )
     status = STATUS_OF_REASON.get(info.reason, 500)
     headers = {"Retry-After": str(retry_after_s)} if status == 503 else {}
+    detail = error.details() or info.reason
     return Problem(status, info.reason, detail, dict(info.metadata), headers)
 
 

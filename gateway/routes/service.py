@@ -1,11 +1,13 @@
-"""The service itself: version, health and the API docs."""
+"""The service itself: version, health, metrics and the API docs."""
 
 from __future__ import annotations
 
 import importlib.metadata
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
+from prometheus_client import REGISTRY
+from prometheus_client.exposition import choose_encoder
 
 from gateway import schemas
 from gateway.dependencies import READ, Score
@@ -49,3 +51,14 @@ async def docs() -> Response:
         swagger_css_url="/api/docs-static/swagger-ui.css",
         swagger_favicon_url="/api/docs-static/favicon.png",
     )
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text, or OpenMetrics when the scraper asks for it."""
+    encode, content_type = choose_encoder(request.headers.get("accept", ""))
+    return Response(encode(REGISTRY), media_type=content_type)
+
+
+# Both spellings: the docs and Prometheus's default say /metrics, earlier releases /metrics/.
+for path in ("/metrics", "/metrics/"):
+    router.add_api_route(path, metrics, methods=["GET"], include_in_schema=False)

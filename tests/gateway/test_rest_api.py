@@ -5,16 +5,16 @@ from __future__ import annotations
 import base64
 import io
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import pytest
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.problems import STATUS_OF_REASON
 from services.common.errors import Reason
 from tests.conftest import ServiceProcess, free_port
+from tests.gateway.rest import counter, problem, upload
 
 Photo = Callable[[str], bytes]
 StartService = Callable[..., ServiceProcess]
@@ -22,30 +22,10 @@ _names = iter(range(10_000))
 
 
 @pytest.fixture()
-def api(gateway_service: ServiceProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gateway_service.url, timeout=30) as client:
-        yield client
-
-
-@pytest.fixture()
 def gallery(api: httpx.Client) -> str:
     name = f"rest{next(_names)}-{int(time.time() * 1000) % 100000}"
     assert api.post("/api/v1/galleries", json={"name": name}).status_code == 201
     return name
-
-
-def problem(response: httpx.Response, status: int, code: str) -> dict[str, object]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, object] = response.json()
-    assert body["code"] == code and body["status"] == status
-    assert body["type"] and body["title"] and body["detail"]
-    return body
-
-
-def upload(image: bytes, name: str = "image") -> dict[str, tuple[str, bytes, str]]:
-    # The file name and declared type are deliberately wrong: content is what counts.
-    return {name: ("photo.txt", image, "application/octet-stream")}
 
 
 def blank_png() -> bytes:
@@ -86,7 +66,13 @@ def test_gallery_lifecycle(api: httpx.Client, gallery: str) -> None:
     listed = api.get("/api/v1/galleries").json()["galleries"]
     assert any(g["name"] == gallery and g["face_count"] == 0 and g["created_at"] for g in listed)
     problem(api.post("/api/v1/galleries", json={"name": gallery}), 409, "gallery_exists")
-    problem(api.post("/api/v1/galleries", json={"name": "no spaces"}), 422, "validation_error")
+    for bad in ("no spaces", "", "x" * 65, "-dash-first"):
+        refused = problem(
+            api.post("/api/v1/galleries", json={"name": bad}), 400, "invalid_argument"
+        )
+        assert refused["field"] == "name"
+    problem(api.post("/api/v1/galleries", json={"name": 7}), 422, "validation_error")
+    problem(api.delete("/api/v1/galleries/no%20spaces"), 400, "invalid_argument")
     assert api.delete(f"/api/v1/galleries/{gallery}").json() == {"deleted_faces": 0}
     problem(api.delete(f"/api/v1/galleries/{gallery}"), 404, "gallery_not_found")
 
@@ -284,15 +270,6 @@ def test_health_and_metrics(api: httpx.Client) -> None:
     assert "X-Request-Id" in health.headers or "x-request-id" in health.headers
     metrics = api.get("/metrics/")
     assert metrics.status_code == 200 and "python_info" in metrics.text
-
-
-def counter(text: str, name: str, **labels: str) -> float:
-    """The value of one sample of a Prometheus text exposition, 0 when absent."""
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return float(sample.value)
-    return 0.0
 
 
 def test_request_metrics_by_route_status_and_code(
