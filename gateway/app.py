@@ -6,7 +6,7 @@ import importlib.metadata
 import importlib.resources
 import time
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -32,9 +32,15 @@ from gateway.settings import GatewaySettings
 from services.common.logging import REQUEST_ID_HEADER, request_id_from
 
 log = structlog.get_logger(__name__)
+# Errors are answered as application/problem+json only; FastAPI's `model` would also claim
+# application/json and leave problem+json without a schema, so the schema is named here.
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": schemas.Problem, "content": {"application/problem+json": {}}}
-    for status in (400, 401, 403, 404, 409, 413, 415, 422, 503)
+    status: {
+        "content": {
+            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+        },
+    }
+    for status in (400, 401, 403, 404, 409, 413, 415, 422, 500, 503, 504)
 }
 ROUTERS = (service, analysis, galleries, subjects, verify)
 
@@ -116,6 +122,18 @@ async def track_request(request: Request, call_next: Any) -> Response:
     return response
 
 
+def with_problem_schema(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """app.openapi, with the Problem schema that PROBLEM_RESPONSES refers to."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        document = generate()
+        document["components"]["schemas"].setdefault("Problem", schemas.Problem.model_json_schema())
+        return document
+
+    return openapi
+
+
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
     app = FastAPI(
@@ -128,6 +146,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         lifespan=lifespan,
         responses=PROBLEM_RESPONSES,
     )
+    app.openapi = with_problem_schema(app)  # type: ignore[method-assign]
     app.state.settings = settings
     app.state.auth = Authenticator(load_keys(settings))
     app.add_exception_handler(Problem, handle_problem)
