@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import io
+from collections.abc import Callable
+
 import httpx
+from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+
+Photo = Callable[[str], bytes]
 
 
 def problem(response: httpx.Response, status: int, code: str) -> dict[str, object]:
@@ -27,3 +33,9 @@ def counter(text: str, name: str, **labels: str) -> float:
             if sample.name == name and sample.labels == labels:
                 return float(sample.value)
     return 0.0
+
+
+def blank_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (320, 240), (128, 128, 128)).save(buffer, "PNG")
+    return buffer.getvalue()

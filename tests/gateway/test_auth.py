@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from fastapi.routing import APIRoute
 from gateway.app import ROUTERS
 from gateway.auth import Scope, hash_key, new_key_entry, parse_entries
 from tests.conftest import REPO, ServiceProcess
+from tests.gateway.rest import problem
 
 
 def test_new_key_entry_round_trips_without_storing_the_key() -> None:
@@ -193,3 +195,33 @@ def test_every_route_with_every_key(stack: Stack, row: tuple[str, ...]) -> None:
         if reply.status_code in (401, 403):
             denied = {"no key": "missing_api_key", "wrong key": "invalid_api_key"}
             assert reply.json()["code"] == denied.get(column, "insufficient_scope"), column
+
+
+def test_api_keys_and_scopes(
+    start_service: Callable[..., ServiceProcess], score_for_gateway: ServiceProcess
+) -> None:
+    keys = (
+        "reader:r-secret:read,admin:sha256:"
+        + __import__("hashlib").sha256(b"a-secret").hexdigest()
+        + ":read+write+admin"
+    )
+    service = start_service(
+        "gateway", GATEWAY_SCORE_TARGET=f"dns:///{score_for_gateway.address}", GATEWAY_API_KEYS=keys
+    )
+    with httpx.Client(base_url=service.url, timeout=30) as api:
+        problem(api.get("/api/v1/galleries"), 401, "missing_api_key")
+        problem(api.get("/api/v1/galleries", headers={"X-API-Key": "nope"}), 401, "invalid_api_key")
+        assert api.get("/api/v1/galleries", headers={"X-API-Key": "r-secret"}).status_code == 200
+        problem(
+            api.post("/api/v1/galleries", json={"name": "k1"}, headers={"X-API-Key": "r-secret"}),
+            403,
+            "insufficient_scope",
+        )
+        created = api.post(
+            "/api/v1/galleries",
+            json={"name": f"k{time.time_ns() % 10**6}"},
+            headers={"X-API-Key": "a-secret"},
+        )
+        assert created.status_code == 201
+        assert api.get("/api/health").status_code == 200  # probes need no key
+    assert "API keys are off" not in service.logs()
