@@ -22,6 +22,7 @@ from gateway.auth import Authenticator, load_keys
 from gateway.problems import (
     Problem,
     answer,
+    client_left,
     handle_http_exception,
     handle_problem,
     handle_validation_error,
@@ -70,15 +71,6 @@ def path_problem(request: Request) -> Problem | None:
             400, "invalid_argument", "the path is not UTF-8 once percent-decoded", {"field": "path"}
         )
     return None
-
-
-async def client_left(request: Request, exc: Exception) -> Response:
-    """The client went away mid-request: nobody reads this answer, the logs and metrics do.
-
-    499 is nginx's code for it; without this the error would be logged as a crash and
-    counted as a 500.
-    """
-    return Response(status_code=499)
 
 
 @asynccontextmanager

@@ -6,8 +6,9 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 PROBLEM_TYPE = "https://facescore.dev/problems/"
 
@@ -105,8 +106,20 @@ async def handle_problem(request: Request, exc: Exception) -> JSONResponse:
     return answer(request, exc)
 
 
-async def handle_http_exception(request: Request, exc: Exception) -> JSONResponse:
+async def client_left(request: Request, exc: Exception) -> Response:
+    """The client went away mid-request: nobody reads this answer, the logs and metrics do.
+
+    499 is nginx's code for it; without this the error would be logged as a crash and
+    counted as a 500.
+    """
+    return Response(status_code=499)
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc.__cause__, ClientDisconnect):
+        # FastAPI reports a body cut short by the client as a 400 it cannot send anyway.
+        return await client_left(request, exc.__cause__)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     problem = Problem(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {}))
     return answer(request, problem)
