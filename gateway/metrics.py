@@ -16,8 +16,10 @@ HTTP_LATENCY = Histogram(
     ["route", "method"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+# Any other method name is counted as "other": clients cannot grow the label set.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Probes answered often and logged at debug level while they succeed.
-QUIET_ROUTES = frozenset({"/api/health", "/metrics"})
+QUIET_ROUTES = frozenset({"/api/health", "/metrics", "/metrics/"})
 
 
 def route_of(request: Request) -> str:
@@ -31,16 +33,16 @@ def route_of(request: Request) -> str:
     if isinstance(template, str):
         return template
     path = request.url.path
-    for mount in ("/api/docs-static", "/metrics"):
-        if path == mount or path.startswith(mount + "/"):
-            return mount
+    if path.startswith("/api/docs-static/"):
+        return "/api/docs-static"
     return "unmatched" if path.startswith("/api") else "static"
 
 
 def observe(request: Request, status: int, seconds: float) -> str:
     """Count one answered request; returns its route label."""
     route = route_of(request)
+    method = request.method if request.method in METHODS else "other"
     code = getattr(request.state, "problem_code", "") if status >= 400 else ""
-    HTTP_REQUESTS.labels(route, request.method, str(status), code).inc()
-    HTTP_LATENCY.labels(route, request.method).observe(seconds)
+    HTTP_REQUESTS.labels(route, method, str(status), code).inc()
+    HTTP_LATENCY.labels(route, method).observe(seconds)
     return route

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from services.common.errors import error_info
+from starlette.requests import ClientDisconnect
 
 PROBLEM_TYPE = "https://facescore.dev/problems/"
 
@@ -40,6 +38,9 @@ STATUS_OF_REASON = {
     "embedding_model_mismatch": 500,
     "internal": 500,
 }
+
+# pydantic's errors for a string outside its pattern or length: the gateway's name rules.
+NAME_RULES = frozenset({"string_pattern_mismatch", "string_too_short", "string_too_long"})
 
 TITLES = {
     400: "Bad request",
@@ -95,26 +96,6 @@ def problem_response(problem: Problem, instance: str | None = None) -> JSONRespo
     )
 
 
-def from_rpc_error(error: grpc.aio.AioRpcError, retry_after_s: int) -> Problem:
-    """A failed score call as the problem our caller gets."""
-    info = error_info(error)
-    detail = error.details() or error.code().name
-    if info is None:
-        # No reason: the call never reached score's logic (score down, deadline, transport).
-        if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return Problem(504, "deadline_exceeded", "the request took too long")
-        return Problem(
-            503,
-            "dependency_unavailable",
-            f"the score service is unavailable: {detail}",
-            {"dependency": "score"},
-            {"Retry-After": str(retry_after_s)},
-        )
-    status = STATUS_OF_REASON.get(info.reason, 500)
-    headers = {"Retry-After": str(retry_after_s)} if status == 503 else {}
-    return Problem(status, info.reason, detail, dict(info.metadata), headers)
-
-
 def answer(request: Request, problem: Problem) -> JSONResponse:
     """The problem as the response to `request`; its code is kept for the request metrics."""
     request.state.problem_code = problem.code
@@ -126,8 +107,20 @@ async def handle_problem(request: Request, exc: Exception) -> JSONResponse:
     return answer(request, exc)
 
 
-async def handle_http_exception(request: Request, exc: Exception) -> JSONResponse:
+async def client_left(request: Request, exc: Exception) -> Response:
+    """The client went away mid-request: nobody reads this answer, the logs and metrics do.
+
+    499 is nginx's code for it; without this the error would be logged as a crash and
+    counted as a 500.
+    """
+    return Response(status_code=499)
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc.__cause__, ClientDisconnect):
+        # FastAPI reports a body cut short by the client as a 400 it cannot send anyway.
+        return await client_left(request, exc.__cause__)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     problem = Problem(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {}))
     return answer(request, problem)
@@ -135,9 +128,16 @@ async def handle_http_exception(request: Request, exc: Exception) -> JSONRespons
 
 async def handle_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = [
+    errors = exc.errors()
+    if len(errors) == 1 and errors[0].get("type") in NAME_RULES:
+        # A string of the right type that breaks a name's rules: the same answer score gives
+        # for a name it refuses (docs/rest-api.md, Names).
+        field = str(errors[0]["loc"][-1])
+        detail = f"{field} is not a valid name: {errors[0].get('msg', '')}"
+        return answer(request, Problem(400, "invalid_argument", detail, {"field": field}))
+    fields = [
         {"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}
-        for e in exc.errors()
+        for e in errors
     ]
-    problem = Problem(422, "validation_error", "the request is not valid", {"errors": errors})
+    problem = Problem(422, "validation_error", "the request is not valid", {"errors": fields})
     return answer(request, problem)

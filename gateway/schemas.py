@@ -251,3 +251,21 @@ def subject(s: score_pb2.Subject, with_faces: bool = False) -> Subject:
         created_at=when(s.created_unix_ms),
         face_ids=list(s.face_ids) if with_faces else None,
     )
+
+
+def gallery(g: score_pb2.Gallery) -> Gallery:
+    return Gallery(name=g.name, face_count=g.face_count, created_at=when(g.created_unix_ms))
+
+
+def identified_face(f: score_pb2.IdentifiedFace) -> IdentifiedFace:
+    return IdentifiedFace(
+        face=face(f.face),
+        subject_id=f.subject_id or None,
+        unknown=f.unknown,
+        candidates=[
+            Candidate(
+                subject_id=c.subject_id, similarity=c.similarity, face_id=c.face_id, match=c.match
+            )
+            for c in f.candidates
+        ],
+    )

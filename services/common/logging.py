@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
@@ -12,6 +13,8 @@ import grpc
 import structlog
 
 REQUEST_ID_HEADER = "x-request-id"
+MAX_REQUEST_ID = 128
+_REQUEST_ID = re.compile(rf"[!-~]{{1,{MAX_REQUEST_ID}}}")
 
 
 def configure_logging(service: str, level: str = "info", fmt: str = "json") -> None:
@@ -58,10 +61,14 @@ def current_request_id() -> str | None:
 
 
 def request_id_from(metadata: Any) -> str:
-    """The caller's request id, or a new one when the caller sent none."""
+    """The caller's request id, or a new one when the caller sent none or an unusable one.
+
+    Only visible ASCII up to MAX_REQUEST_ID characters is kept: the id is forwarded as gRPC
+    metadata, where a TAB or a non-ASCII byte fails the call, and written to every log line.
+    """
     for key, value in metadata or ():
-        if key == REQUEST_ID_HEADER and value:
-            return str(value)[:128]
+        if key == REQUEST_ID_HEADER and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
+            return value
     return uuid.uuid4().hex
 
 

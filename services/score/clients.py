@@ -8,12 +8,14 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import grpc
+import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from facescore.v1 import common_pb2, detect_pb2, detect_pb2_grpc, embed_pb2, embed_pb2_grpc
 from services.common.channels import open_channel
 from services.common.errors import FaceScoreError, Reason, reason_of
 
+log = structlog.get_logger(__name__)
 # Retried on UNAVAILABLE only: such a call never reached a model, so a retry is safe.
 _INFERENCE_SERVICES = ("facescore.v1.DetectService", "facescore.v1.EmbedService")
 # A call cut off by a replica's death is UNAVAILABLE too, but past gRPC's retry policy: the
@@ -41,16 +43,25 @@ def dependency_error(dependency: str, error: grpc.aio.AioRpcError) -> FaceScoreE
     if error.code() == grpc.StatusCode.INVALID_ARGUMENT and reason is not None:
         # The photo itself is at fault (empty, corrupt, too large...): the reason travels up.
         return FaceScoreError(Reason(reason), error.details() or reason)
+    # gRPC's own detail can name internal addresses and transport errors: it goes to the
+    # log (with the request id), the caller learns which dependency failed and how.
+    log.warning(
+        "dependency call failed",
+        dependency=dependency,
+        grpc_code=error.code().name,
+        reason=reason,
+        detail=error.details(),
+    )
     if reason == Reason.QUEUE_FULL:
         return FaceScoreError(
             Reason.QUEUE_FULL,
-            f"{dependency} is at capacity: {error.details()}",
+            f"{dependency} is at capacity",
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             metadata={"dependency": dependency},
         )
     return FaceScoreError(
         Reason.DEPENDENCY_UNAVAILABLE,
-        f"{dependency} is unavailable ({error.code().name}): {error.details()}",
+        f"{dependency} is unavailable ({error.code().name})",
         grpc.StatusCode.UNAVAILABLE,
         metadata={"dependency": dependency},
     )

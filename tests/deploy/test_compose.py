@@ -854,7 +854,7 @@ def test_prometheus_scrapes_every_service(merged: dict[str, dict[str, Any]]) -> 
     for name, (_, metrics, _) in PORTS.items():
         targets = [t for c in jobs[name]["static_configs"] for t in c["targets"]]
         assert targets == [f"{name}:{metrics}"], name
-    assert jobs["gateway"]["metrics_path"] == "/metrics/"
+    assert jobs["gateway"]["metrics_path"] == "/metrics"
     assert config["rule_files"] == ["rules/*.yml"]
     prometheus = merged["base"]["services"]["prometheus"]
     mounts = {v["target"]: v["source"] for v in prometheus["volumes"] if v["type"] == "bind"}

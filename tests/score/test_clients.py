@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
+import structlog
+from structlog.testing import capture_logs
 
 from services.common.errors import FaceScoreError, Reason
 from services.score.clients import ATTEMPTS, call_with_attempts, dependency_error
@@ -91,3 +93,26 @@ async def test_other_failures_are_answered_at_once() -> None:
         with pytest.raises(FaceScoreError):
             await call_with_attempts("detect", call, time.monotonic() + 60)
         assert len(seen) == 1, code
+
+
+def test_dependency_errors_name_the_dependency_and_log_the_transport_detail() -> None:
+    raw = "ipv4:172.18.0.2:50052: Failed to connect to remote host: No route to host"
+    structlog.contextvars.bind_contextvars(request_id="rid-dependency-1")
+    try:
+        with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+            error = dependency_error("embed", failed_call(grpc.StatusCode.UNAVAILABLE, None, raw))
+    finally:
+        structlog.contextvars.unbind_contextvars("request_id")
+    assert error.reason is Reason.DEPENDENCY_UNAVAILABLE
+    assert error.message == "embed is unavailable (UNAVAILABLE)"
+    assert error.metadata == {"dependency": "embed"}
+    logged = [entry for entry in logs if entry.get("detail") == raw]
+    assert logged and logged[0]["request_id"] == "rid-dependency-1"
+    assert logged[0]["dependency"] == "embed"
+
+
+def test_a_full_queue_says_so_without_the_dependency_s_own_words() -> None:
+    error = dependency_error(
+        "detect", failed_call(grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.QUEUE_FULL, "32 waiting")
+    )
+    assert (error.reason, error.message) == (Reason.QUEUE_FULL, "detect is at capacity")
