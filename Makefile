@@ -34,6 +34,8 @@ proto: sync
 	$(RUN) python -m grpc_tools.protoc -I protos --python_out=. --grpc_python_out=. \
 		--mypy_out=. --mypy_grpc_out=. protos/facescore/v1/*.proto
 
+# honcho runs under `uv run`, which puts .venv/bin first on PATH: the Procfile calls the
+# project's commands directly, so the stack starts even when uv itself is not on PATH.
 run: models
 	$(RUN) facescore check-ports
 	$(RUN) honcho start -f Procfile detect embed score gateway ready
