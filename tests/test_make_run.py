@@ -51,7 +51,9 @@ def _newcomer_env(home: Path, ports: dict[str, int]) -> dict[str, str]:
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("UV_", "VIRTUAL_ENV", "PYTEST_", "DETECT_", "EMBED_", "SCORE_"))
+        # `uv run` (which runs these tests) sets UV to its own path: a newcomer has none.
+        if key != "UV"
+        and not key.startswith(("UV_", "VIRTUAL_ENV", "PYTEST_", "DETECT_", "EMBED_", "SCORE_"))
         and not key.startswith("GATEWAY_")
     }
     pyenv_root = os.environ.get("PYENV_ROOT") or str(Path.home() / ".pyenv")
