@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # facescore images. One image runs any of the four services: the command picks it
 # (`serve detect`, `serve embed`, `serve score`, `serve gateway`; gateway by default).
 #
@@ -30,14 +28,18 @@ ENV UV_COMPILE_BYTECODE=1 \
 WORKDIR /app
 # Dependencies first (cached while only the source changes), then the project itself,
 # installed editable so that /app stays its root (models, web page, .pth -> /app).
+# Behind a TLS-inspecting proxy, pass the CA bundle it needs as an optional build secret
+# (`--secret id=ca,src=/path/to/ca.pem`): used by uv during the build, never in a layer.
 COPY pyproject.toml uv.lock README.md ./
-RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --locked --no-dev --extra cpu --no-install-project
+RUN --mount=type=cache,target=/root/.cache/uv --mount=type=secret,id=ca \
+    if [ -s /run/secrets/ca ]; then export SSL_CERT_FILE=/run/secrets/ca; fi \
+    && uv sync --locked --no-dev --extra cpu --no-install-project
 COPY facescore ./facescore
 COPY services ./services
 COPY gateway ./gateway
-RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --locked --no-dev --extra cpu
+RUN --mount=type=cache,target=/root/.cache/uv --mount=type=secret,id=ca \
+    if [ -s /run/secrets/ca ]; then export SSL_CERT_FILE=/run/secrets/ca; fi \
+    && uv sync --locked --no-dev --extra cpu
 
 # ---------------------------------------------------------------------------------------------
 # CPU runtime: python slim, the venv and the source; no compilers, no uv.
@@ -45,9 +47,12 @@ FROM python:3.11.15-slim-bookworm AS runtime-cpu
 LABEL org.opencontainers.image.title="facescore" \
       org.opencontainers.image.description="facescore detect, embed, score and REST gateway (CPU)" \
       org.opencontainers.image.licenses="Apache-2.0"
+# /var/lib/facescore: score's data folder for embedded Qdrant on a volume (a new named
+# volume takes this folder's owner, so uid 10001 can write it).
 RUN groupadd --system --gid 10001 facescore \
     && useradd --system --uid 10001 --gid facescore --no-create-home \
-       --home-dir /nonexistent --shell /usr/sbin/nologin facescore
+       --home-dir /nonexistent --shell /usr/sbin/nologin facescore \
+    && install -d -o 10001 -g 10001 -m 0750 /var/lib/facescore
 WORKDIR /app
 COPY --from=builder /app/.venv /app/.venv
 COPY --from=builder /app/facescore /app/facescore

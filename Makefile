@@ -12,7 +12,7 @@ BACKUPS ?= $(CURDIR)/backups
 STAMP := $(shell date -u +%Y%m%dT%H%M%SZ)
 
 .PHONY: all sync system-deps proto models run run-nginx test lint bench-inference bench-score \
-	up up-gpu down logs ps backup restore clean clean-dev
+	up up-gpu down logs ps backup restore clean clean-dev test-compose
 
 all: test
 
@@ -51,6 +51,11 @@ run-nginx: models
 test: models system-deps
 	$(RUN) lint-imports
 	$(RUN) pytest
+
+# Builds the CPU image and runs docker-compose.yml for real (Docker engine, stand-in base
+# images where no registry is reachable): scripts/test-compose.sh. Needs root for dockerd.
+test-compose: models
+	UV=$(UV) RUN="$(RUN)" scripts/test-compose.sh
 
 lint: sync
 	$(RUN) lint-imports
