@@ -14,6 +14,7 @@ import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -84,7 +85,7 @@ class Stack:
         return httpx.Client(
             base_url=f"https://127.0.0.1:{self.https_port}/api/v1",
             headers={"X-API-Key": self.api_key},
-            verify=str(self.cert),
+            verify=ssl.create_default_context(cafile=str(self.cert)),
             timeout=60,
         )
 
@@ -235,13 +236,17 @@ def test_what_the_compose_promises(stack: Stack) -> None:
             assert not published, (service, published)
     internal = f"{PROJECT}_internal"
     assert docker("network", "inspect", "-f", "{{.Internal}}", internal) == "true"
-    # No route out from the internal network: a connection to a public address fails at once.
+    # No route out from the internal network: a connection to a public address fails
+    # (unreachable, or dropped until the timeout, depending on the engine's rules).
     escape = run(
         DOCKER, "exec", stack.container("score"), "python", "-c",
-        "import socket; socket.create_connection(('1.1.1.1', 53), timeout=5)",
+        "import socket; socket.create_connection(('1.1.1.1', 53), timeout=3)",
         check=False,
     )  # fmt: skip
-    assert escape.returncode != 0 and "unreachable" in escape.stderr.lower(), escape.stderr
+    failure = escape.stderr.lower()
+    assert escape.returncode != 0 and ("unreachable" in failure or "timed out" in failure), (
+        escape.stderr
+    )
 
 
 def wait_healthy(stack: Stack, service: str, timeout: float) -> None:
