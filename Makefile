@@ -17,7 +17,7 @@ STAMP := $(shell date -u +%Y%m%dT%H%M%SZ)
 all: test
 
 sync: | $(UV)
-	$(UV) sync --locked --extra $(ORT)
+	$(UV) sync --locked --extra $(ORT) --extra score --extra gateway
 
 $(HOME)/.local/bin/uv:
 	python3 -m pip install --quiet --user uv \

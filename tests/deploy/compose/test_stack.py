@@ -35,7 +35,26 @@ PROJECT = "facescore-test"
 OVERRIDE = Path(__file__).with_name("compose.test.yml")
 SERVICES = ("nginx", "gateway", "score", "detect", "embed", "redis")
 VERSION = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M)
-IMAGE = f"facescore:{VERSION.group(1) if VERSION else '0.1.0'}"
+TAG = VERSION.group(1) if VERSION else "0.1.0"
+# Dockerfile target -> image name: the three role images compose runs, and the all-in-one.
+IMAGES = {
+    "runtime-inference": f"facescore-inference:{TAG}",
+    "runtime-score": f"facescore-score:{TAG}",
+    "runtime-gateway": f"facescore-gateway:{TAG}",
+    "runtime-cpu": f"facescore:{TAG}",
+}
+# Distributions (normalised names, prefixes) an image must not hold.
+FORBIDDEN = {
+    "runtime-inference": ("fastapi", "starlette", "uvicorn"),
+    "runtime-score": ("onnxruntime", "opencv", "insightface", "fastapi", "uvicorn"),
+    "runtime-gateway": ("onnxruntime", "opencv", "insightface", "onnx"),
+    "runtime-cpu": (),
+}
+LIST_PACKAGES = (
+    "import importlib.metadata as md, re; "
+    "print('\\n'.join(sorted({re.sub(r'[-_.]+', '-', d.metadata['Name']).lower() "
+    "for d in md.distributions()})))"
+)
 PHASES: dict[str, float] = {}
 
 
@@ -108,27 +127,27 @@ def photo_bytes(name: str, salt: int = 0) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def image() -> str:
-    started = time.monotonic()
-    command = [DOCKER, "build", "--network", "host", "--target", "runtime-cpu", "-t", IMAGE]
+def images() -> dict[str, str]:
     ca = os.environ.get("SSL_CERT_FILE")
-    if ca and Path(ca).is_file():
-        command += ["--secret", f"id=ca,src={ca}"]
-    done = subprocess.run(
-        ["nice", "-n", "10", *command, "."],
-        cwd=REPO,
-        env={**os.environ, "DOCKER_BUILDKIT": "1"},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-6000:]
-    phase("build image", started)
-    return IMAGE
+    secret = ["--secret", f"id=ca,src={ca}"] if ca and Path(ca).is_file() else []
+    for target, image in IMAGES.items():
+        started = time.monotonic()
+        command = [DOCKER, "build", "--network", "host", "--target", target, "-t", image]
+        done = subprocess.run(
+            ["nice", "-n", "10", *command, *secret, "."],
+            cwd=REPO,
+            env={**os.environ, "DOCKER_BUILDKIT": "1"},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-6000:]
+        phase(f"build {target}", started)
+    return IMAGES
 
 
 @pytest.fixture(scope="module")
-def stack(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     work = tmp_path_factory.mktemp("compose")
     certs = work / "certs"
     run(str(REPO / "scripts" / "dev-cert.sh"), str(certs))
@@ -171,19 +190,39 @@ def stack(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stac
         print("\nphase times: " + ", ".join(f"{k} {v:.1f} s" for k, v in PHASES.items()))
 
 
-def test_the_image_runs_as_10001_with_its_models(image: str) -> None:
+@pytest.mark.parametrize("target", sorted(IMAGES))
+def test_each_image_runs_as_10001_and_holds_only_its_role(
+    images: dict[str, str], target: str
+) -> None:
+    image = images[target]
     size = int(docker("image", "inspect", "-f", "{{.Size}}", image))
-    print(f"\nimage {image}: {size / 1e6:.0f} MB")
+    print(f"\nimage {image} ({target}): {size / 1e6:.0f} MB")
     assert docker("run", "--rm", "--entrypoint", "id", image, "-u") == "10001"
     config = json.loads(docker("image", "inspect", image))[0]["Config"]
     assert config["User"] == "10001:10001"
     assert not any(e.startswith("SSL_CERT_FILE=") for e in config["Env"]), "CA baked in"
     assert docker("run", "--rm", "--entrypoint", "sh", image, "-c", "ls /run/secrets || true") == ""
-    verified = docker(
-        "run", "--rm", "--read-only", "-v", f"{REPO / 'public' / 'models'}:/app/public/models:ro",
-        image, "models", "verify", "--model-dir", "/app/public/models",
-    )  # fmt: skip
-    assert "ok" in verified.lower(), verified
+    packages = docker("run", "--rm", "--entrypoint", "python", image, "-c", LIST_PACKAGES).split()
+    assert "facescore" in packages and "grpcio" in packages, packages
+    held = [p for p in packages if p.startswith(FORBIDDEN[target])]
+    assert not held, f"{target} holds {held}"
+    if target in ("runtime-inference", "runtime-cpu"):
+        assert "onnxruntime" in packages and "opencv-python-headless" in packages
+        # The models where the target reads them: compose mounts public/models there.
+        verified = docker(
+            "run", "--rm", "--read-only",
+            "-v", f"{REPO / 'public' / 'models'}:/app/public/models:ro",
+            image, "models", "verify", "--model-dir", "/app/public/models",
+        )  # fmt: skip
+        assert "ok" in verified.lower(), verified
+    # Each role's service imports cleanly from its image alone.
+    module = {
+        "runtime-inference": "services.detect.server, services.embed.server",
+        "runtime-score": "services.score.server",
+        "runtime-gateway": "gateway.server",
+        "runtime-cpu": "services.detect.server, services.score.server, gateway.server",
+    }[target]
+    docker("run", "--rm", "--entrypoint", "python", image, "-c", f"import {module}")
 
 
 def test_every_service_is_healthy_by_its_own_check(stack: Stack) -> None:
