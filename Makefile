@@ -12,12 +12,12 @@ BACKUPS ?= $(CURDIR)/backups
 STAMP := $(shell date -u +%Y%m%dT%H%M%SZ)
 
 .PHONY: all sync system-deps proto models run run-nginx test lint bench-inference bench-score bench-gpu \
-	up up-gpu down logs ps backup restore clean clean-dev
+	up up-gpu down logs ps backup restore clean clean-dev test-compose
 
 all: test
 
 sync: | $(UV)
-	$(UV) sync --locked --extra $(ORT)
+	$(UV) sync --locked --extra $(ORT) --extra score --extra gateway
 
 $(HOME)/.local/bin/uv:
 	python3 -m pip install --quiet --user uv \
@@ -34,6 +34,8 @@ proto: sync
 	$(RUN) python -m grpc_tools.protoc -I protos --python_out=. --grpc_python_out=. \
 		--mypy_out=. --mypy_grpc_out=. protos/facescore/v1/*.proto
 
+# honcho runs under `uv run`, which puts .venv/bin first on PATH: the Procfile calls the
+# project's commands directly, so the stack starts even when uv itself is not on PATH.
 run: models
 	$(RUN) facescore check-ports
 	$(RUN) honcho start -f Procfile detect embed score gateway ready
@@ -49,6 +51,11 @@ run-nginx: models
 test: models system-deps
 	$(RUN) lint-imports
 	$(RUN) pytest
+
+# Builds the CPU image and runs docker-compose.yml for real (Docker engine, stand-in base
+# images where no registry is reachable): scripts/test-compose.sh. Needs root for dockerd.
+test-compose: models
+	UV=$(UV) RUN="$(RUN)" scripts/test-compose.sh
 
 lint: sync
 	$(RUN) lint-imports

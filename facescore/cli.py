@@ -33,14 +33,14 @@ def _serve(args: argparse.Namespace) -> int:
 def _models_fetch(args: argparse.Namespace) -> int:
     from services.common.models import fetch_default_models
 
-    fetch_default_models(args.model_dir)
+    fetch_default_models(_model_dir(args))
     return 0
 
 
 def _models_verify(args: argparse.Namespace) -> int:
     from services.common.models import verify_model_dir
 
-    verify_model_dir(args.model_dir)
+    verify_model_dir(_model_dir(args))
     return 0
 
 
@@ -197,9 +197,15 @@ def _admin_check(args: argparse.Namespace) -> int:
         return 1
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _model_dir(args: argparse.Namespace) -> Path:
+    # Resolved here, not in the parser: the settings module costs every command (the
+    # containers' frequent health checks among them) pydantic's import time.
     from services.common.settings import DEFAULT_MODEL_DIR
 
+    return args.model_dir or DEFAULT_MODEL_DIR
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facescore", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -350,7 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("verify", _models_verify, "check every file of the manifest against its sha256"),
     ):
         cmd = models_sub.add_parser(name, help=text)
-        cmd.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
+        cmd.add_argument(
+            "--model-dir", type=Path, default=None, help="default: public/models of the checkout"
+        )
         cmd.set_defaults(func=func)
     return parser
 

@@ -9,7 +9,6 @@ import time
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from rich.console import Console
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -65,6 +64,8 @@ def healthcheck(address: str) -> int:
 
 
 async def _watch(services: dict[str, str], interval: float, page_url: str | None) -> None:
+    from rich.console import Console  # not at the top: the health checks do without it
+
     console = Console(stderr=False)
     last: dict[str, str] = {}
     started = time.monotonic()

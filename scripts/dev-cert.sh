@@ -18,7 +18,16 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -sha25
   -addext "keyUsage=critical,digitalSignature" \
   -addext "extendedKeyUsage=serverAuth" \
   -keyout "$dir/key.pem.partial" -out "$dir/cert.pem.partial"
-chmod 600 "$dir/key.pem.partial"
+# nginx in docker-compose.yml runs as uid 101 (the nginx image's user) and must read the key
+# without a manual chown: run as root, the key goes to 101 (mode 600); otherwise it is made
+# readable (mode 644: a self-signed key for localhost, for development only).
+chmod 755 "$dir"
+if [ "$(id -u)" = 0 ]; then
+  chown 101:101 "$dir/key.pem.partial"
+  chmod 600 "$dir/key.pem.partial"
+else
+  chmod 644 "$dir/key.pem.partial"
+fi
 chmod 644 "$dir/cert.pem.partial"
 mv -f "$dir/key.pem.partial" "$dir/key.pem"
 mv -f "$dir/cert.pem.partial" "$dir/cert.pem"

@@ -305,8 +305,10 @@ def test_facescore_image_is_tagged_with_the_project_version(
     for stack, config in merged.items():
         for name in FACESCORE_SERVICES:
             image = config["services"][name]["image"]
-            gpu = "gpu" in stack and name in ("detect", "embed")
-            assert image == f"facescore:{version}" + ("-gpu" if gpu else ""), (stack, name)
+            if "gpu" in stack and name in ("detect", "embed"):
+                assert image == f"facescore:{version}-gpu", (stack, name)
+            else:
+                assert image == f"facescore-{ROLE_OF[name]}:{version}", (stack, name)
 
 
 def test_networks(merged: dict[str, dict[str, Any]]) -> None:
@@ -414,10 +416,11 @@ def test_gpu_override(merged: dict[str, dict[str, Any]]) -> None:
             assert devices and all(d["driver"] == "nvidia" for d in devices)
             assert all("gpu" in d["capabilities"] for d in devices)
         for name in ("gateway", "score"):
-            assert services[name]["build"]["target"] == "runtime-cpu"
+            assert services[name]["build"]["target"] == f"runtime-{ROLE_OF[name]}"
             assert "reservations" not in services[name].get("deploy", {}).get("resources", {})
     for name in FACESCORE_SERVICES:
-        assert merged["base"]["services"][name]["build"]["target"] == "runtime-cpu"
+        target = merged["base"]["services"][name]["build"]["target"]
+        assert target == f"runtime-{ROLE_OF[name]}", name
 
 
 def test_dev_override(merged: dict[str, dict[str, Any]]) -> None:
@@ -557,7 +560,11 @@ def test_dockerfile_targets() -> None:
     assert stages()["builder"].base.startswith("python:3.11.") and (
         stages()["builder"].base.endswith("-slim-bookworm")
     )
-    assert stages()["runtime-cpu"].base == stages()["builder"].base
+    assert stages()["runtime-cpu"].base == "runtime-base"
+    assert stages()["runtime-base"].base == stages()["builder"].base
+    for role in set(ROLE_OF.values()):
+        assert stages()[f"runtime-{role}"].base == "runtime-base", role
+        assert stages()[f"builder-{role}"].base == "builder", role
     assert stages()["runtime-gpu"].base == stages()["builder-gpu"].base
     assert stages()["runtime-gpu"].base.startswith("nvidia/cuda:")
     assert "-cudnn-runtime-" in stages()["runtime-gpu"].base
@@ -605,6 +612,30 @@ def test_runtime_targets(target: str) -> None:
     env = " ".join(instructions(target, "ENV"))
     assert "PATH=/app/.venv/bin:$PATH" in env
     assert "FACESCORE_HEALTH_TARGET=" in env
+
+
+# The role images (docker-compose.yml): the extra each installs, the modules it must not hold.
+ROLE_OF = {"detect": "inference", "embed": "inference", "score": "score", "gateway": "gateway"}
+ROLE_EXTRA = {"inference": "cpu", "score": "score", "gateway": "gateway"}
+ROLE_ABSENT = {
+    "inference": {"fastapi", "uvicorn"},
+    "score": {"onnxruntime", "cv2", "insightface", "fastapi"},
+    "gateway": {"onnxruntime", "cv2", "insightface"},
+}
+ABSENT_CHECK = re.compile(r'python -c "([^"]*find_spec[^"]*)" ([a-z_0-9 ]+)')
+
+
+@pytest.mark.parametrize("role", sorted(ROLE_EXTRA))
+def test_role_targets_hold_only_their_role(role: str) -> None:
+    runs = " ".join(instructions(f"builder-{role}", "RUN"))
+    assert runs.endswith(f"uv sync --locked --no-dev --extra {ROLE_EXTRA[role]}"), runs
+    target = f"runtime-{role}"
+    assert instructions(target, "USER")[-1] == "10001:10001"
+    (check,) = [c for r in instructions(target, "RUN") for c in ABSENT_CHECK.findall(r)]
+    assert ROLE_ABSENT[role] <= set(check[1].split()), (role, check[1])
+    for copy in instructions(target, "COPY"):
+        if copy.startswith("--from="):
+            assert copy.split()[0] == f"--from=builder-{role}", (target, copy)
 
 
 def test_runtime_models_target_bakes_and_verifies_the_models() -> None:

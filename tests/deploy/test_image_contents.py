@@ -1,13 +1,13 @@
-"""The CPU image's Python layer, rebuilt without Docker and run: no Docker engine here.
+"""The CPU image's Python layer, rebuilt without Docker and run (fast, in `make test`).
 
 The test copies what the Dockerfile's builder stage copies (read from its COPY lines),
-installs it the way that stage does (`uv sync --locked --no-dev --extra cpu`: no dev
-dependencies), and starts the four services from that environment alone, with the models
-mounted from public/models as compose does. A runtime import of a dev-only package, a file
-the image leaves out (the web page, the model manifest), or a second ONNX Runtime build
-fails here instead of in a container. What this cannot check: the base image's system
-libraries and the non-root user, which only a real build shows (scripts/validate-deploy.sh
-lints the Dockerfile with hadolint).
+installs it the way that stage does (`uv sync --locked --no-dev --extra cpu --extra score
+--extra gateway`: every role, no dev dependencies), and starts the four services from that
+environment alone, with the models mounted from public/models as compose does. A runtime
+import of a dev-only package, a file the image leaves out (the web page, the model
+manifest), or a second ONNX Runtime build fails here instead of in a container. Each role's
+extra alone must import its services. The real images are built and run by
+`make test-compose` (tests/deploy/compose); scripts/validate-deploy.sh lints the Dockerfile.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import pytest
 
 from tests.conftest import REPO, free_port
 
+ALL_ROLES = ["--extra", "cpu", "--extra", "score", "--extra", "gateway"]
 STAGE = re.compile(r"^FROM\s+\S+\s+AS\s+(\S+)", re.IGNORECASE | re.MULTILINE)
 
 
@@ -66,7 +67,7 @@ def image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     env = {**os.environ, "UV_PROJECT_ENVIRONMENT": str(app / ".venv")}
     env.pop("VIRTUAL_ENV", None)
     done = subprocess.run(
-        [uv_binary(), "sync", "--locked", "--no-dev", "--extra", "cpu", "--quiet"],
+        [uv_binary(), "sync", "--locked", "--no-dev", "--quiet", *ALL_ROLES],
         cwd=app,
         env=env,
         capture_output=True,
@@ -162,3 +163,42 @@ def test_the_stack_serves_from_the_image_environment(image_stack: str, photo: ob
     analyzed = httpx.post(f"{image_stack}/api/v1/analyze", files={"image": image}, timeout=60)
     assert analyzed.status_code == 200, analyzed.text
     assert len(analyzed.json()["faces"]) == 6
+
+
+# The role images (Dockerfile runtime-inference, -score, -gateway): each role's extra alone,
+# then its services' modules imported from that environment and its forbidden packages absent.
+ROLES = {
+    "cpu": (["services.detect.server", "services.embed.server"], ("fastapi", "uvicorn")),
+    "score": (["services.score.server"], ("onnxruntime", "opencv", "insightface", "fastapi")),
+    "gateway": (["gateway.server"], ("onnxruntime", "opencv", "insightface", "onnx")),
+}
+
+
+@pytest.mark.parametrize("extra", sorted(ROLES))
+def test_each_role_imports_from_its_own_extra(extra: str, image_root: Path, tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    env = {**os.environ, "UV_PROJECT_ENVIRONMENT": str(venv)}
+    env.pop("VIRTUAL_ENV", None)
+    done = subprocess.run(
+        [uv_binary(), "sync", "--locked", "--no-dev", "--quiet", "--extra", extra],
+        cwd=image_root, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    names = {
+        re.sub(r"[-_.]+", "-", dist.metadata["Name"]).lower()
+        for dist in importlib.metadata.distributions(path=[str(site)])
+    }
+    modules, forbidden = ROLES[extra]
+    assert not [n for n in names if n.startswith(forbidden)], (extra, sorted(names))
+    imported = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import " + ", ".join(modules)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert imported.returncode == 0, imported.stderr
+    # The health check every container runs works in each role.
+    probe = subprocess.run(
+        [str(venv / "bin" / "facescore"), "healthcheck", "127.0.0.1:9"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert probe.returncode == 1 and "Traceback" not in probe.stderr, probe.stderr
