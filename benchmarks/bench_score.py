@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import sqlite3
 import struct
 import subprocess
 import sys
@@ -30,7 +29,6 @@ import numpy as np
 from insightface.model_zoo.arcface_onnx import ArcFaceONNX
 from insightface.model_zoo.scrfd import SCRFD
 from insightface.utils import face_align
-from qdrant_client import QdrantClient, models
 from rich.console import Console
 from rich.table import Table
 
@@ -47,7 +45,9 @@ from benchmarks.bench_inference import (
 from facescore.devtools.redis_server import RedisServer
 from facescore.v1 import score_pb2, score_pb2_grpc
 from services.common.errors import reason_of
-from services.score.gallery import face_id
+from services.score.settings import ScoreSettings
+from services.score.storage import ModelIdentity, Point, face_id, open_engine
+from services.score.storage.layout import face_payload
 
 Stats = tuple[float, float, float]  # calls per second, p50 ms, p99 ms
 TIMEOUT_S = 60.0
@@ -275,34 +275,25 @@ def bench_in_process_identify(
 # Gallery size.
 
 
-def _fast_commits(client: QdrantClient, collection: str) -> None:
-    """Skip the fsync of qdrant-client's per-point commits while filling (10x faster here).
-
-    Local mode commits every point to its SQLite file on its own; this reaches into
-    qdrant-client's internals and does nothing when they look otherwise.
-    """
-    local = getattr(client, "_client", None)
-    collections = getattr(local, "collections", None) or {}
-    persistence = getattr(collections.get(collection), "storage", None)
-    connection = getattr(persistence, "storage", None)
-    if isinstance(connection, sqlite3.Connection):
-        connection.execute("PRAGMA synchronous=OFF")
-        connection.execute("PRAGMA journal_mode=MEMORY")
-
-
 def fill_gallery(
     data_dir: Path, info: score_pb2.ServiceInfo, gallery: str, first: int, total: int
 ) -> None:
-    """Write synthetic faces first..total-1 straight into the embedded Qdrant (service stopped).
+    """Write synthetic faces first..total-1 straight into the embedded engine (service stopped).
 
     Random unit vectors, with the payload fields Enroll writes that searches and listings read
     (no subject records in the registry: Identify does not read them).
     """
+    asyncio.run(_fill(data_dir, info, gallery, first, total))
+
+
+async def _fill(
+    data_dir: Path, info: score_pb2.ServiceInfo, gallery: str, first: int, total: int
+) -> None:
     rng = np.random.default_rng(first)
     dim = info.recognizer.embedding_dim
-    client = QdrantClient(path=str(data_dir / "qdrant"))
+    identity = ModelIdentity(info.recognizer.name, info.recognizer.sha256, dim)
+    engine = await open_engine(ScoreSettings(data_dir=data_dir))
     try:
-        _fast_commits(client, info.collection)
         for start_at in range(first, total, 1000):
             ids = range(start_at, min(total, start_at + 1000))
             vectors = rng.standard_normal((len(ids), dim)).astype(np.float32)
@@ -311,21 +302,13 @@ def fill_gallery(
             for i, vector in zip(ids, vectors, strict=True):
                 subject = f"synthetic-{i:06d}"
                 point_id = face_id(gallery, subject, f"{i:064x}", 0)
-                payload = {
-                    "gallery": gallery,
-                    "subject_id": subject,
-                    "face_id": point_id,
-                    "model_name": info.recognizer.name,
-                    "model_sha256": info.recognizer.sha256,
-                    "image_sha256": f"{i:064x}",
-                    "face_index": 0,
-                }
-                points.append(
-                    models.PointStruct(id=point_id, vector=vector.tolist(), payload=payload)
+                payload = face_payload(
+                    identity, gallery, subject, point_id, "", image_sha256=f"{i:064x}", face_index=0
                 )
-            client.upsert(info.collection, points, wait=True)
+                points.append(Point(point_id, payload, vector.tolist()))
+            await engine.upsert(info.collection, points)
     finally:
-        client.close()
+        await engine.close()
 
 
 def numpy_search_ms(size: int, dim: int, calls: int = 50) -> float:
