@@ -197,6 +197,19 @@ def _admin_check(args: argparse.Namespace) -> int:
         return 1
 
 
+def _admin_migrate(args: argparse.Namespace) -> int:
+    from facescore.admin.backup import AdminError
+    from facescore.admin.migrate import migrate
+    from services.score.settings import ScoreSettings
+
+    try:
+        migrate(ScoreSettings(), to_url=args.to, from_url=args.from_)
+    except AdminError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from services.common.settings import DEFAULT_MODEL_DIR
 
@@ -329,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Faces of deleted galleries, faces whose subject has no record, and subject "
         "records of deleted galleries: left by an interrupted delete, or by enrollments and "
         "deletes of one subject through two score replicas at once. Exits 1 when any is "
-        "found. Embedded Qdrant: the score service must be stopped.",
+        "found. Embedded storage: the score service must be stopped (check refuses while it "
+        "runs).",
     )
     check.add_argument(
         "--repair",
@@ -337,6 +351,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="delete the orphaned faces and records; write missing subject records",
     )
     check.set_defaults(func=_admin_check)
+    migrate = admin_sub.add_parser(
+        "migrate",
+        help="copy every gallery between the embedded storage and a Qdrant server",
+        description="--to URL copies the faces and the registry of SCORE_DATA_DIR's embedded "
+        "storage into the Qdrant server at URL (SCORE_QDRANT_API_KEY is its key); --from URL "
+        "copies them back. The score service must be stopped. Resumable: run it again after "
+        "an interruption. Verified by counts and a sample of vectors.",
+    )
+    direction = migrate.add_mutually_exclusive_group(required=True)
+    direction.add_argument("--to", metavar="URL", help="the Qdrant server to copy into")
+    direction.add_argument(
+        "--from", dest="from_", metavar="URL", help="the Qdrant server to copy from"
+    )
+    migrate.set_defaults(func=_admin_migrate)
 
     settings = sub.add_parser(
         "settings", help="print every setting with its default (.env.example)"

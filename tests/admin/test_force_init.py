@@ -9,8 +9,8 @@ from pathlib import Path
 import grpc
 
 from facescore.v1 import score_pb2, score_pb2_grpc
-from services.score.storage import EdgeEngine
 from services.common.models import vectron_file
+from services.score.storage import EdgeEngine
 from tests.admin.helpers import gallery_state, score_env
 from tests.conftest import ServiceProcess
 

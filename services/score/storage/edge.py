@@ -16,8 +16,8 @@ import asyncio
 import json
 import os
 import shutil
-from collections.abc import Callable, Sequence
-from contextlib import suppress
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
@@ -397,3 +397,29 @@ class EdgeEngine:
     @property
     def optimizing(self) -> bool:
         return self._optimizing is not None and not self._optimizing.done()
+
+
+@contextmanager
+def held(root: Path) -> Iterator[list[str]]:
+    """Open every shard under `root` (taking their WAL locks), flush them, and keep them held:
+    while inside, no score service can open the storage, so its files can be copied or
+    replaced whole. Raises StorageInUse when a running score service holds it. Yields the
+    collection names."""
+    shards: list[qe.EdgeShard] = []
+    names = (
+        sorted(p.name for p in root.iterdir() if (p / SPEC_FILE).is_file()) if root.is_dir() else []
+    )
+    try:
+        for name in names:
+            try:
+                shard = qe.EdgeShard.load(str(root / name / SHARD_DIR))
+            except Exception as error:
+                if "WouldBlock" in str(error):
+                    raise StorageInUse(root, str(error)) from error
+                raise
+            shards.append(shard)
+            shard.flush()
+        yield names
+    finally:
+        for shard in shards:
+            shard.close()

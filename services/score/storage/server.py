@@ -51,9 +51,12 @@ class ServerEngine:
         hnsw_ef_construct: int = 100,
         quantization: bool = False,
         on_disk: bool = False,
+        client: AsyncQdrantClient | None = None,
     ) -> None:
         self.url = url
-        self.client = AsyncQdrantClient(url=url, api_key=api_key, timeout=int(max(1, timeout_s)))
+        self.client = client or AsyncQdrantClient(
+            url=url, api_key=api_key, timeout=int(max(1, timeout_s))
+        )
         self.tuning = tuning or SearchTuning()
         self.hnsw_m = hnsw_m
         self.hnsw_ef_construct = hnsw_ef_construct

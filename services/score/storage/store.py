@@ -126,6 +126,11 @@ class GalleryStore:
                 self.registry,
                 CollectionSpec(layout.REGISTRY_DIM, "dot", {}, layout.REGISTRY_INDEXES),
             )
+        # Open both now: embedded, this takes the shards' locks, so score owns its storage
+        # from the start and an admin command opening it meanwhile is refused.
+        faces = await self.engine.count(self.collection)
+        log.info("storage open", mode=self.mode, collection=self.collection, faces=faces)
+        await self.engine.count(self.registry)
 
     async def close(self) -> None:
         await self.engine.close()
