@@ -12,6 +12,7 @@ BACKUPS ?= $(CURDIR)/backups
 STAMP := $(shell date -u +%Y%m%dT%H%M%SZ)
 
 .PHONY: all sync system-deps proto models run run-nginx test lint bench-inference bench-score \
+	bench-storage \
 	up up-gpu down logs ps backup restore clean clean-dev
 
 all: test
@@ -61,6 +62,10 @@ bench-inference: models
 
 bench-score: models
 	$(RUN) python benchmarks/bench_score.py
+
+# The embedded engine alone: recall and latency per search setting (--sizes 1000000: manual).
+bench-storage:
+	$(RUN) python -m benchmarks.bench_storage
 
 # Operators: the compose deployment (docs/deploy.md). Settings come from .env.
 up: models

@@ -313,8 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     backup = admin_sub.add_parser(
         "backup",
         help="write Qdrant's facescore data (and Redis's facescore keys) to the new folder DEST",
-        description="Embedded Qdrant (SCORE_QDRANT_URL unset): a copy of SCORE_DATA_DIR/qdrant; "
-        "the score service must be stopped. Qdrant server: a snapshot of every facescore "
+        description="Embedded storage (SCORE_QDRANT_URL unset): a copy of SCORE_DATA_DIR/edge; "
+        "the score service must be stopped (it owns the shards; refused while it runs). Qdrant server: a snapshot of every facescore "
         "collection. With SCORE_REDIS_URL: the facescore:* keys. DEST gets a manifest.json with "
         "the sha256 of every file; it appears only once complete.",
     )
@@ -327,8 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
         "restore",
         help="restore a backup made by `facescore admin backup`",
         description="Checks every file against the manifest first. Embedded: replaces "
-        "SCORE_DATA_DIR/qdrant (the score service must be stopped) and keeps the replaced data "
-        "as qdrant.before-restore-<time>. Server: uploads the snapshots, replacing those "
+        "SCORE_DATA_DIR/edge (the score service must be stopped) and keeps the replaced data "
+        "as edge.before-restore-<time>. Server: uploads the snapshots, replacing those "
         "collections. Refuses a target that already holds data unless --yes.",
     )
     restore.add_argument("src", type=Path, help="the backup folder")

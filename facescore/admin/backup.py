@@ -2,8 +2,10 @@
 
 What is backed up depends on how score runs (the SCORE_* settings):
 
-- Embedded Qdrant (SCORE_QDRANT_URL unset): a copy of DATA_DIR/qdrant, taken under the
-  storage's own lock, so a running score service (which holds that lock) is refused.
+- Embedded storage (SCORE_QDRANT_URL unset): a copy of DATA_DIR/edge, the engine's shards,
+  taken while this command holds every shard (their WAL locks) after flushing them. score
+  owns its shards: a running score service is refused in one line, so an embedded backup is
+  an offline operation (stop score, back up, start it; a Qdrant server is backed up live).
 - Qdrant server (SCORE_QDRANT_URL set): a snapshot of every facescore collection (the faces
   collections and the registry, all named SCORE_COLLECTION_PREFIX_*), made through the
   Qdrant API, downloaded, then deleted on the server.
@@ -16,9 +18,11 @@ It is written under a temporary name and renamed when complete: a DEST that exis
 Restore checks every file against the manifest before it touches anything, refuses a
 target that already holds data unless told --yes, and then:
 
-- embedded: copies the files to a sibling of DATA_DIR/qdrant, then swaps the folders with
-  renames. The replaced data is KEPT as DATA_DIR/qdrant.before-restore-<time> (delete it
-  once the restored service looks right); nothing is deleted.
+- embedded: copies the files to a sibling of DATA_DIR/edge, then swaps the folders with
+  renames. The replaced data is KEPT as DATA_DIR/edge.before-restore-<time> (delete it
+  once the restored service looks right); nothing is deleted. A backup of the previous
+  embedded store (qdrant-client's local mode, DATA_DIR/qdrant) goes back to DATA_DIR/qdrant,
+  which score converts to the engine's shards when it starts.
 - server: uploads each snapshot (POST /collections/{name}/snapshots/upload?priority=snapshot,
   with the sha256 for Qdrant to check), which replaces the collection of that name.
 - Redis: RESTORE ... REPLACE of every saved key; other keys are left alone.
@@ -544,7 +548,7 @@ def restore(settings: ScoreSettings, src: Path, *, yes: bool = False, say: Say =
     mode = manifest["mode"]
     if mode == "embedded" and settings.qdrant_url:
         raise AdminError(
-            "this backup is a copy of an embedded Qdrant (DATA_DIR/qdrant) but SCORE_QDRANT_URL "
+            "this backup is a copy of the embedded storage (DATA_DIR) but SCORE_QDRANT_URL "
             "is set; unset it to restore into SCORE_DATA_DIR"
         )
     if mode == "server" and not settings.qdrant_url:
