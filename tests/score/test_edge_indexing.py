@@ -1,13 +1,15 @@
 """Indexing on the embedded engine never takes faces out of search: new faces are found at
-once, the HNSW index is built in the background once writes settle, and searches during
-a build answer exactly as brute force does."""
+once, the HNSW index is built in the background (in a child process) once writes settle,
+and calls during a rebuild answer exactly."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 
 from services.score.settings import ScoreSettings
 from services.score.storage import (
@@ -44,29 +46,56 @@ async def store_with(tmp_path: Path, vectors: np.ndarray, index_delay_s: float) 
     return store
 
 
-async def test_searches_during_an_index_build_answer_exactly(tmp_path: Path) -> None:
+async def test_calls_during_an_index_rebuild_answer_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rebuild exports the points, builds a new shard in a child process and swaps it in:
+    searches and writes go on meanwhile, and a write made during it is in the new shard."""
     rng = np.random.default_rng(1)
     vectors = unit(rng.standard_normal((6000, DIM)).astype(np.float32))
     store = await store_with(tmp_path, vectors, index_delay_s=3600)  # built only when asked
     engine = store.engine
     assert isinstance(engine, EdgeEngine)
+    exported = asyncio.Event()
+    release = asyncio.Event()
+    real_build = engine._build
+
+    async def held_build(*args: Any) -> None:  # hold the child back until the calls are made
+        exported.set()
+        await release.wait()
+        await real_build(*args)
+
+    monkeypatch.setattr(engine, "_build", held_build)
     try:
         assert await engine.indexed_vectors(store.collection) == 0
         build = asyncio.create_task(engine.optimize(store.collection))
-        while not engine.optimizing:
-            await asyncio.sleep(0)
+        await exported.wait()
+        assert engine.optimizing
+        for i in range(0, len(vectors), 300):
+            hits = await store.search("g", vectors[i].tolist(), 1)
+            assert hits[0].subject_id == f"s{i}"
+        newcomer = unit(rng.standard_normal(DIM).astype(np.float32))
+        point = face_id("g", "new", "1" * 64, 0)
+        payload = {"gallery": "g", "subject_id": "new"}
+        await store.enroll("g", "new", point, newcomer.tolist(), payload, "")
+        await store.delete_face("g", face_id("g", "s0", "0" * 64, 0))
+        assert (await store.search("g", newcomer.tolist(), 1))[0].face_id == point
+        release.set()
         searched = 0
-        while True:  # at least once, and for as long as the build runs
-            query = vectors[searched % len(vectors)]
-            hits = await store.search("g", query.tolist(), 1)
-            assert hits[0].subject_id == f"s{searched % len(vectors)}"
+        while True:  # and while the child builds, at least once
+            i = searched % len(vectors)
+            if i:
+                assert (await store.search("g", vectors[i].tolist(), 1))[0].subject_id == f"s{i}"
             searched += 1
             if build.done():
                 break
         assert await build
-        assert await engine.indexed_vectors(store.collection) > 0
-        # After the build, the index answers the stored faces too.
-        for i in range(0, len(vectors), 600):
+        assert await engine.indexed_vectors(store.collection) >= len(vectors) - 1
+        # The new shard holds the write and the delete made during the rebuild.
+        assert (await store.search("g", newcomer.tolist(), 1))[0].face_id == point
+        assert (await store.search("g", vectors[0].tolist(), 1))[0].subject_id != "s0"
+        assert await store.count_faces(gallery="g") == len(vectors)
+        for i in range(1, len(vectors), 600):
             hits = await store.search("g", vectors[i].tolist(), 1)
             assert hits[0].subject_id == f"s{i}"
     finally:

@@ -6,8 +6,8 @@ a folder without it is an unfinished create). Only one process may open a shard:
 locked, and a second opener gets WouldBlock, which becomes `StorageInUse`.
 
 Engine calls run in worker threads. New points land in an appendable segment and are
-searchable at once (exactly); after writes settle, `optimize()` builds the HNSW index in a
-worker thread while searches go on against the segments as they were.
+searchable at once (exactly); after writes settle, the HNSW index is built in a child process
+on a copy and swapped in (EdgeEngine.optimize says why), while calls go on.
 """
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ import asyncio
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
 import grpc
+import numpy as np
 import qdrant_edge as qe
 import structlog
 
@@ -38,6 +40,12 @@ from services.score.storage.engine import (
 
 SPEC_FILE = "collection.json"
 SHARD_DIR = "shard"
+NEXT_DIR = "shard.next"  # a rebuilt shard, complete, about to replace SHARD_DIR
+OLD_DIR = "shard.old"  # the replaced shard, deleted once the swap is done
+BUILD_DIR = "build"  # a rebuild's export and its child's shard
+POINTS_FILE = "points.jsonl"
+VECTORS_FILE = "vectors.npy"
+OPTIONS_FILE = "options.json"
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
@@ -108,6 +116,8 @@ class EdgeEngine:
         self._wake = asyncio.Event()
         self._indexer: asyncio.Task[None] | None = None
         self._optimizing: asyncio.Future[bool] | None = None
+        self._gates: dict[str, Gate] = {}
+        self._delta: dict[str, list[tuple[str, Any]]] = {}  # writes during a rebuild
 
     # Lifecycle.
 
@@ -116,7 +126,7 @@ class EdgeEngine:
             self._indexer.cancel()
             with suppress(asyncio.CancelledError):
                 await self._indexer
-        if self._optimizing is not None:  # a thread cannot be stopped: let the build finish
+        if self._optimizing is not None:  # let a rebuild finish its swap (or fail)
             with suppress(Exception):
                 await self._optimizing
         shards, self._shards = self._shards, {}
@@ -166,7 +176,7 @@ class EdgeEngine:
         if folder.exists():  # an unfinished create: nothing was ever written to it
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
-        shard = await self._run(qe.EdgeShard.create, str(folder / SHARD_DIR), self._config(spec))
+        shard = await self._run(qe.EdgeShard.create, str(folder / SHARD_DIR), self.config(spec))
         for field, tenant in spec.indexes.items():
             params = qe.KeywordIndexParams(is_tenant=tenant or None)
             await self._run(shard.update, qe.UpdateOperation.create_field_index(field, params))
@@ -191,7 +201,7 @@ class EdgeEngine:
             await self._run(shard.close)
         shutil.rmtree(self.root / name, ignore_errors=True)
 
-    def _config(self, spec: CollectionSpec) -> qe.EdgeConfig:
+    def config(self, spec: CollectionSpec) -> qe.EdgeConfig:
         distance = qe.Distance.Cosine if spec.distance == "cosine" else qe.Distance.Dot
         quantization = (
             qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, always_ram=True)
@@ -220,10 +230,10 @@ class EdgeEngine:
             raise FaceScoreError(
                 Reason.INTERNAL, f"no collection {name} in {self.root}", grpc.StatusCode.INTERNAL
             )
-        try:
-            shard = await self._run(qe.EdgeShard.load, str(self.root / name / SHARD_DIR))
-        except StorageInUse:
-            raise
+        folder = self.root / name
+        if not (folder / SHARD_DIR).exists() or (folder / OLD_DIR).exists():
+            recover(folder)
+        shard = await self._run(qe.EdgeShard.load, str(folder / SHARD_DIR))
         self._shards[name] = shard
         return shard
 
@@ -244,40 +254,44 @@ class EdgeEngine:
                 metadata={"dependency": "qdrant"},
             ) from error
 
-    # Points.
+    # Points. Every shard call goes through _use: a swap to a rebuilt shard waits for the
+    # calls in flight and holds new ones back for its few steps.
+
+    async def _use(self, name: str, method: str, *args: Any) -> Any:
+        gate = self._gates.setdefault(name, Gate())
+        async with gate.shared():
+            shard = await self._shard(name)
+            return await self._run(getattr(shard, method), *args)
+
+    async def _write(self, name: str, op: tuple[str, Any]) -> None:
+        await self._use(name, "update", _operation(op))
+        if name in self._delta:  # a rebuild is under way: it replays this write
+            self._delta[name].append(op)
+        self._wrote(name)
 
     async def upsert(self, name: str, points: Sequence[Point]) -> None:
-        shard = await self._shard(name)
-        batch = [qe.Point(p.id, list(p.vector or []), p.payload) for p in points]
-        await self._run(shard.update, qe.UpdateOperation.upsert_points(batch))
-        self._wrote(name)
+        batch = [(p.id, list(p.vector or []), p.payload) for p in points]
+        await self._write(name, ("upsert", batch))
 
     async def retrieve(
         self, name: str, ids: Sequence[str], *, with_vector: bool = False
     ) -> list[Point]:
-        shard = await self._shard(name)
-        records = await self._run(shard.retrieve, list(ids), True, with_vector)
+        records = await self._use(name, "retrieve", list(ids), True, with_vector)
         return [
             Point(_id(r.id), dict(r.payload or {}), _vector(r.vector) if with_vector else None)
             for r in records
         ]
 
     async def delete(self, name: str, ids: Sequence[str]) -> None:
-        shard = await self._shard(name)
-        await self._run(shard.update, qe.UpdateOperation.delete_points(list(ids)))
-        self._wrote(name)
+        await self._write(name, ("delete", list(ids)))
 
     async def delete_where(self, name: str, where: Where) -> None:
-        shard = await self._shard(name)
-        selector = edge_filter(where)
-        assert selector is not None, "delete_where needs a filter"
-        await self._run(shard.update, qe.UpdateOperation.delete_points_by_filter(selector))
-        self._wrote(name)
+        assert where, "delete_where needs a filter"
+        await self._write(name, ("delete_where", dict(where)))
 
     async def count(self, name: str, where: Where | None = None) -> int:
-        shard = await self._shard(name)
         return int(
-            await self._run(shard.count, qe.CountRequest(exact=True, filter=edge_filter(where)))
+            await self._use(name, "count", qe.CountRequest(exact=True, filter=edge_filter(where)))
         )
 
     async def scroll(
@@ -289,7 +303,6 @@ class EdgeEngine:
         *,
         with_vector: bool = False,
     ) -> tuple[list[Point], str | None]:
-        shard = await self._shard(name)
         request = qe.ScrollRequest(
             offset=offset,
             limit=limit,
@@ -297,7 +310,7 @@ class EdgeEngine:
             with_payload=True,
             with_vector=with_vector,
         )
-        records, next_offset = await self._run(shard.scroll, request)
+        records, next_offset = await self._use(name, "scroll", request)
         points = [
             Point(_id(r.id), dict(r.payload or {}), _vector(r.vector) if with_vector else None)
             for r in records
@@ -313,7 +326,6 @@ class EdgeEngine:
         exclude: Exclude = None,
         payload: Sequence[str] = (),
     ) -> list[Scored]:
-        shard = await self._shard(name)
         request = qe.QueryRequest(
             limit=limit,
             query=qe.Query.Nearest(list(vector)),
@@ -321,7 +333,7 @@ class EdgeEngine:
             with_payload=qe.PayloadSelector.Include(list(payload)) if payload else False,
             params=self._params(),
         )
-        found = await self._run(shard.query, request)
+        found = await self._use(name, "query", request)
         return [Scored(_id(p.id), float(p.score), dict(p.payload or {})) for p in found]
 
     def _params(self) -> qe.SearchParams:
@@ -356,34 +368,111 @@ class EdgeEngine:
                 with suppress(FaceScoreError):
                     await self.optimize(name)
 
+    async def unindexed(self, name: str) -> int:
+        info = await self._use(name, "info")
+        return int(info.points_count - info.indexed_vectors_count)
+
     async def optimize(self, name: str) -> bool:
-        """Build what the engine plans (HNSW over full segments, merges) in a worker thread;
-        True when something was built. Searches and writes go on meanwhile."""
-        shard = await self._shard(name)
+        """Rebuild the collection's shard with its HNSW index in another process, then swap
+        it in; True when a new shard was built.
+
+        qdrant-edge's optimize() holds the GIL for the whole build (measured: seconds per
+        10,000 faces, minutes at a million), so run in this process, even in a thread, it
+        would stop every call. Instead the points are exported, a child process writes them
+        into a new shard and optimizes it, the writes that came meanwhile are replayed into
+        it, and it replaces the shard in a few steps during which calls wait.
+        """
+        spec = await self.spec(name)
+        threshold = self.indexing_threshold_kb * 1024 // (4 * spec.size) if spec else 0
+        if spec is None or await self.unindexed(name) < max(1, threshold):
+            return False
+        folder = self.root / name
+        build = folder / BUILD_DIR
+        shutil.rmtree(build, ignore_errors=True)
+        build.mkdir()
+        self._delta[name] = []
         loop = asyncio.get_running_loop()
-        self._optimizing = loop.run_in_executor(None, shard.optimize)
+        self._optimizing = loop.create_future()
         try:
-            built = bool(await asyncio.shield(self._optimizing))
-        except Exception as error:
+            await self._export(name, build)
+            await self._build(spec, build)
+            await self._swap(name, build / SHARD_DIR)
+        except BaseException as error:
             log.warning("embedded index build failed", collection=name, detail=str(error))
+            raise
+        finally:
+            self._delta.pop(name, None)
+            shutil.rmtree(build, ignore_errors=True)
+            self._optimizing.set_result(True)
+            self._optimizing = None
+        info = await self._use(name, "info")
+        log.info(
+            "embedded index built",
+            collection=name,
+            points=info.points_count,
+            indexed=info.indexed_vectors_count,
+            segments=info.segments_count,
+        )
+        return True
+
+    async def _export(self, name: str, build: Path) -> None:
+        """Every point, in pages (calls go on between them), to vectors.npy + points.jsonl."""
+        vectors: list[list[float]] = []
+        with (build / POINTS_FILE).open("w") as out:
+            offset: str | None = None
+            while True:
+                points, offset = await self.scroll(name, None, 2048, offset, with_vector=True)
+                for point in points:
+                    out.write(json.dumps([point.id, point.payload]) + "\n")
+                    vectors.append(point.vector or [])
+                if offset is None:
+                    break
+        np.save(build / VECTORS_FILE, np.asarray(vectors, np.float32))
+
+    async def _build(self, spec: CollectionSpec, build: Path) -> None:
+        options = {
+            "size": spec.size,
+            "distance": spec.distance,
+            "indexes": spec.indexes,
+            "hnsw_m": self.hnsw_m,
+            "hnsw_ef_construct": self.hnsw_ef_construct,
+            "indexing_threshold_kb": self.indexing_threshold_kb,
+            "quantization": self.quantization,
+            "on_disk": self.on_disk,
+        }
+        (build / OPTIONS_FILE).write_text(json.dumps(options))
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.score.storage.build", str(build),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, errors = await child.communicate()
+        if child.returncode != 0:
             raise FaceScoreError(
                 Reason.DEPENDENCY_UNAVAILABLE,
-                f"embedded qdrant could not build its index: {error}",
+                f"building the embedded index failed: {errors.decode(errors='replace')[-500:]}",
                 grpc.StatusCode.UNAVAILABLE,
                 metadata={"dependency": "qdrant"},
-            ) from error
-        finally:
-            self._optimizing = None
-        if built:
-            info = await self._run(shard.info)
-            log.info(
-                "embedded index built",
-                collection=name,
-                points=info.points_count,
-                indexed=info.indexed_vectors_count,
-                segments=info.segments_count,
             )
-        return built
+
+    async def _swap(self, name: str, built: Path) -> None:
+        """Replace the shard with the one built, after replaying the writes made meanwhile.
+        Crash-safe: recover() finishes or undoes a swap found half-done at start."""
+        folder = self.root / name
+        gate = self._gates.setdefault(name, Gate())
+        async with gate.exclusive():
+            fresh = await self._run(qe.EdgeShard.load, str(built))
+            for op in self._delta.pop(name, []):
+                await self._run(fresh.update, _operation(op))
+            await self._run(self._close_shard, fresh)
+            os.replace(built, folder / NEXT_DIR)  # complete: recover() would finish from here
+            old = self._shards.pop(name, None)
+            if old is not None:
+                await self._run(self._close_shard, old)
+            os.rename(folder / SHARD_DIR, folder / OLD_DIR)
+            os.rename(folder / NEXT_DIR, folder / SHARD_DIR)
+            self._shards[name] = await self._run(qe.EdgeShard.load, str(folder / SHARD_DIR))
+        shutil.rmtree(folder / OLD_DIR, ignore_errors=True)
 
     async def settled(self) -> None:
         """Return once the background indexer has built what the writes so far called for."""
@@ -391,12 +480,70 @@ class EdgeEngine:
             await asyncio.shield(self._indexer)
 
     async def indexed_vectors(self, name: str) -> int:
-        shard = await self._shard(name)
-        return int((await self._run(shard.info)).indexed_vectors_count)
+        return int((await self._use(name, "info")).indexed_vectors_count)
 
     @property
     def optimizing(self) -> bool:
         return self._optimizing is not None and not self._optimizing.done()
+
+
+def recover(folder: Path) -> None:
+    """Finish or undo a shard swap that a crash interrupted (see EdgeEngine._swap)."""
+    shard, nxt, old = folder / SHARD_DIR, folder / NEXT_DIR, folder / OLD_DIR
+    if nxt.exists() and not shard.exists():
+        os.rename(nxt, shard)  # the built shard was complete, the old one moved away
+    elif old.exists() and not shard.exists():
+        os.rename(old, shard)
+    shutil.rmtree(nxt, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(folder / BUILD_DIR, ignore_errors=True)
+
+
+def _operation(op: tuple[str, Any]) -> qe.UpdateOperation:
+    kind, args = op
+    if kind == "upsert":
+        return qe.UpdateOperation.upsert_points([qe.Point(i, v, p) for i, v, p in args])
+    if kind == "delete":
+        return qe.UpdateOperation.delete_points(args)
+    selector = edge_filter(args)
+    assert selector is not None
+    return qe.UpdateOperation.delete_points_by_filter(selector)
+
+
+class Gate:
+    """Many calls at once, or one swap alone."""
+
+    def __init__(self) -> None:
+        self._calls = 0
+        self._swapping = False
+        self._changed = asyncio.Condition()
+
+    @asynccontextmanager
+    async def shared(self) -> AsyncIterator[None]:
+        if self._swapping:
+            async with self._changed:
+                await self._changed.wait_for(lambda: not self._swapping)
+        self._calls += 1
+        try:
+            yield
+        finally:
+            self._calls -= 1
+            if self._swapping:  # the swap waits for the last call in flight
+                async with self._changed:
+                    self._changed.notify_all()
+
+    @asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        async with self._changed:
+            await self._changed.wait_for(lambda: not self._swapping)
+            self._swapping = True
+            await self._changed.wait_for(lambda: self._calls == 0)
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._swapping = False
+                self._changed.notify_all()
 
 
 @contextmanager
