@@ -32,6 +32,7 @@ from services.common.errors import FaceScoreError
 from services.score.settings import ScoreSettings
 from services.score.storage import Engine, Point, layout, open_engine, scroll_all, where
 from services.score.storage.layout import SubjectRecord, subject_point_id
+from services.score.storage.legacy import legacy_store
 
 Say = Callable[[str], None]
 Key = tuple[str, str]  # (gallery, subject id)
@@ -58,7 +59,11 @@ class Findings:
 
 
 async def _engine(settings: ScoreSettings) -> Engine:
-    if not settings.qdrant_url and not Path(where(settings)).is_dir():
+    if (
+        not settings.qdrant_url
+        and not Path(where(settings)).is_dir()
+        and legacy_store(settings.data_dir) is None  # converted when opened
+    ):
         raise AdminError(f"no embedded storage in {where(settings)}: nothing to check")
     return await open_engine(settings)
 

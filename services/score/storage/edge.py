@@ -264,9 +264,12 @@ class EdgeEngine:
             return await self._run(getattr(shard, method), *args)
 
     async def _write(self, name: str, op: tuple[str, Any]) -> None:
-        await self._use(name, "update", _operation(op))
-        if name in self._delta:  # a rebuild is under way: it replays this write
-            self._delta[name].append(op)
+        gate = self._gates.setdefault(name, Gate())
+        async with gate.shared():
+            shard = await self._shard(name)
+            await self._run(shard.update, _operation(op))
+            if name in self._delta:  # a rebuild is under way: it replays this write
+                self._delta[name].append(op)
         self._wrote(name)
 
     async def upsert(self, name: str, points: Sequence[Point]) -> None:
@@ -446,7 +449,12 @@ class EdgeEngine:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        _, errors = await child.communicate()
+        try:
+            _, errors = await child.communicate()
+        except BaseException:  # score is stopping: the build is abandoned, not left running
+            child.kill()
+            await child.wait()
+            raise
         if child.returncode != 0:
             raise FaceScoreError(
                 Reason.DEPENDENCY_UNAVAILABLE,
