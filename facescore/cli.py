@@ -315,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="write Qdrant's facescore data (and Redis's facescore keys) to the new folder DEST",
         description="Embedded storage (SCORE_QDRANT_URL unset): a copy of SCORE_DATA_DIR/edge; "
         "the score service must be stopped (it owns the shards; refused while it runs). "
-        "Qdrant server: a snapshot of every facescore collection. With SCORE_REDIS_URL: the facescore:* keys. DEST gets a manifest.json with "
+        "Qdrant server: a snapshot of every facescore collection. With SCORE_REDIS_URL: the "
+        "facescore:* keys. DEST gets a manifest.json with "
         "the sha256 of every file; it appears only once complete.",
     )
     backup.add_argument("dest", type=Path, help="new folder for the backup")
