@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from services.score.settings import ScoreSettings
-from services.score.storage import GalleryStore, ModelIdentity, face_id, open_store
+from services.score.storage import EdgeEngine, GalleryStore, ModelIdentity, face_id, open_store
 from services.score.storage.engine import Exclude, Point
 
 DIM = 16
@@ -136,7 +136,10 @@ async def test_small_gallery_beside_a_large_one(tmp_path: Path) -> None:
             ],
         )
         small_ids = await fill(store, "small", small, small_subjects)
-        assert await store.engine.optimize(store.collection)  # type: ignore[attr-defined]
+        engine = store.engine
+        assert isinstance(engine, EdgeEngine)
+        await engine.optimize(store.collection)  # now, or after the background one
+        assert await engine.indexed_vectors(store.collection) >= len(big)
         hits = await store.search("small", query.tolist(), 3)
         assert [(h.subject_id, h.face_id) for h in hits] == reference(
             small, small_subjects, small_ids, query, 3

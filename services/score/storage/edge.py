@@ -117,6 +117,7 @@ class EdgeEngine:
         self._indexer: asyncio.Task[None] | None = None
         self._optimizing: asyncio.Future[bool] | None = None
         self._gates: dict[str, Gate] = {}
+        self._rebuilding = asyncio.Lock()
         self._delta: dict[str, list[tuple[str, Any]]] = {}  # writes during a rebuild
 
     # Lifecycle.
@@ -385,6 +386,10 @@ class EdgeEngine:
         into a new shard and optimizes it, the writes that came meanwhile are replayed into
         it, and it replaces the shard in a few steps during which calls wait.
         """
+        async with self._rebuilding:  # one rebuild at a time
+            return await self._rebuild(name)
+
+    async def _rebuild(self, name: str) -> bool:
         spec = await self.spec(name)
         threshold = self.indexing_threshold_kb * 1024 // (4 * spec.size) if spec else 0
         if spec is None or await self.unindexed(name) < max(1, threshold):
@@ -406,8 +411,8 @@ class EdgeEngine:
         finally:
             self._delta.pop(name, None)
             shutil.rmtree(build, ignore_errors=True)
-            self._optimizing.set_result(True)
-            self._optimizing = None
+            done, self._optimizing = self._optimizing, None
+            done.set_result(True)
         info = await self._use(name, "info")
         log.info(
             "embedded index built",
