@@ -571,6 +571,8 @@ def held(root: Path) -> Iterator[list[str]]:
     )
     try:
         for name in names:
+            if not (root / name / SHARD_DIR).exists() or (root / name / OLD_DIR).exists():
+                recover(root / name)  # a rebuild's swap cut short
             try:
                 shard = qe.EdgeShard.load(str(root / name / SHARD_DIR))
             except Exception as error:
