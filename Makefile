@@ -12,7 +12,7 @@ BACKUPS ?= $(CURDIR)/backups
 STAMP := $(shell date -u +%Y%m%dT%H%M%SZ)
 
 .PHONY: all sync system-deps proto models run run-nginx test lint bench-inference bench-score bench-gpu \
-	up up-gpu down logs ps backup restore clean clean-dev test-compose
+	bench-storage up up-gpu down logs ps backup restore clean clean-dev test-compose
 
 all: test
 
@@ -72,6 +72,10 @@ bench-score: models
 # Model throughput on the configured providers beside the CPU; ORT=gpu runs it on CUDA.
 bench-gpu: models
 	$(RUN) python benchmarks/bench_gpu.py $(if $(filter gpu,$(ORT)),--providers cuda)
+
+# The embedded engine alone: recall and latency per search setting (--sizes 1000000: manual).
+bench-storage:
+	$(RUN) python -m benchmarks.bench_storage
 
 # Operators: the compose deployment (docs/deploy.md). Settings come from .env.
 up: models

@@ -2,8 +2,9 @@
 
 Run with `make bench-score`. Every row is measured in the same run on the same photos (those
 of bench_inference.py), so compare rows with each other, not with figures from another
-machine or day. The score service runs with embedded Qdrant (a brute-force search in Python);
-compose runs the Qdrant server, whose HNSW index this benchmark does not measure.
+machine or day. The score service runs with its embedded storage (Qdrant's engine,
+qdrant-edge-py); benchmarks/bench_storage.py measures that engine's recall and latency per
+search setting.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import sqlite3
 import struct
 import subprocess
 import sys
@@ -30,7 +30,6 @@ import numpy as np
 from insightface.model_zoo.arcface_onnx import ArcFaceONNX
 from insightface.model_zoo.scrfd import SCRFD
 from insightface.utils import face_align
-from qdrant_client import QdrantClient, models
 from rich.console import Console
 from rich.table import Table
 
@@ -47,7 +46,9 @@ from benchmarks.bench_inference import (
 from facescore.devtools.redis_server import RedisServer
 from facescore.v1 import score_pb2, score_pb2_grpc
 from services.common.errors import reason_of
-from services.score.gallery import face_id
+from services.score.settings import ScoreSettings
+from services.score.storage import EdgeEngine, ModelIdentity, Point, face_id, open_engine
+from services.score.storage.layout import face_payload
 
 Stats = tuple[float, float, float]  # calls per second, p50 ms, p99 ms
 TIMEOUT_S = 60.0
@@ -275,34 +276,26 @@ def bench_in_process_identify(
 # Gallery size.
 
 
-def _fast_commits(client: QdrantClient, collection: str) -> None:
-    """Skip the fsync of qdrant-client's per-point commits while filling (10x faster here).
-
-    Local mode commits every point to its SQLite file on its own; this reaches into
-    qdrant-client's internals and does nothing when they look otherwise.
-    """
-    local = getattr(client, "_client", None)
-    collections = getattr(local, "collections", None) or {}
-    persistence = getattr(collections.get(collection), "storage", None)
-    connection = getattr(persistence, "storage", None)
-    if isinstance(connection, sqlite3.Connection):
-        connection.execute("PRAGMA synchronous=OFF")
-        connection.execute("PRAGMA journal_mode=MEMORY")
-
-
 def fill_gallery(
     data_dir: Path, info: score_pb2.ServiceInfo, gallery: str, first: int, total: int
 ) -> None:
-    """Write synthetic faces first..total-1 straight into the embedded Qdrant (service stopped).
+    """Write synthetic faces first..total-1 straight into the embedded engine (service stopped)
+    and build its HNSW index.
 
     Random unit vectors, with the payload fields Enroll writes that searches and listings read
     (no subject records in the registry: Identify does not read them).
     """
+    asyncio.run(_fill(data_dir, info, gallery, first, total))
+
+
+async def _fill(
+    data_dir: Path, info: score_pb2.ServiceInfo, gallery: str, first: int, total: int
+) -> None:
     rng = np.random.default_rng(first)
     dim = info.recognizer.embedding_dim
-    client = QdrantClient(path=str(data_dir / "qdrant"))
+    identity = ModelIdentity(info.recognizer.name, info.recognizer.sha256, dim)
+    engine = await open_engine(ScoreSettings(data_dir=data_dir))
     try:
-        _fast_commits(client, info.collection)
         for start_at in range(first, total, 1000):
             ids = range(start_at, min(total, start_at + 1000))
             vectors = rng.standard_normal((len(ids), dim)).astype(np.float32)
@@ -311,21 +304,15 @@ def fill_gallery(
             for i, vector in zip(ids, vectors, strict=True):
                 subject = f"synthetic-{i:06d}"
                 point_id = face_id(gallery, subject, f"{i:064x}", 0)
-                payload = {
-                    "gallery": gallery,
-                    "subject_id": subject,
-                    "face_id": point_id,
-                    "model_name": info.recognizer.name,
-                    "model_sha256": info.recognizer.sha256,
-                    "image_sha256": f"{i:064x}",
-                    "face_index": 0,
-                }
-                points.append(
-                    models.PointStruct(id=point_id, vector=vector.tolist(), payload=payload)
+                payload = face_payload(
+                    identity, gallery, subject, point_id, "", image_sha256=f"{i:064x}", face_index=0
                 )
-            client.upsert(info.collection, points, wait=True)
+                points.append(Point(point_id, payload, vector.tolist()))
+            await engine.upsert(info.collection, points)
+        if isinstance(engine, EdgeEngine):  # build the HNSW index now, as score would after
+            await engine.optimize(info.collection)
     finally:
-        client.close()
+        await engine.close()
 
 
 def numpy_search_ms(size: int, dim: int, calls: int = 50) -> float:
@@ -438,7 +425,11 @@ def main() -> None:
     parser.add_argument(
         "--scale-calls", type=int, default=10, help="calls per column of the gallery-size rows"
     )
-    parser.add_argument("--sizes", default="1000,10000,20000", help="gallery sizes, ascending")
+    parser.add_argument(
+        "--sizes",
+        default="100000",
+        help="gallery sizes, ascending (the manual run: --sizes 100000,1000000)",
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     console = Console(width=120)
@@ -549,7 +540,7 @@ def main() -> None:
         # 3. Identify against larger galleries: synthetic faces written into embedded Qdrant.
         scale = Table(
             title=f"Identify against a gallery of N faces, one call at a time, "
-            f"{args.scale_calls} calls per column (embedded Qdrant: brute force in Python)"
+            f"{args.scale_calls} calls per column (embedded engine, HNSW)"
         )
         tail = "p99 ms" if args.scale_calls >= 100 else "max ms"
         for column in ("faces", "photo cached: p50 ms", tail, "uncached: p50 ms", f"{tail} "):
@@ -592,7 +583,7 @@ def main() -> None:
                 t = time.perf_counter()
                 memory.start()
                 console.print(
-                    f"{faces:,} faces: synthetic faces written in {filled:.1f} s, "
+                    f"{faces:,} faces: synthetic faces written and indexed in {filled:.1f} s, "
                     f"score service serving again after {time.perf_counter() - t:.1f} s"
                 )
             scale_row(f"{faces:,}", "scale", enrolled, faces)

@@ -197,6 +197,19 @@ def _admin_check(args: argparse.Namespace) -> int:
         return 1
 
 
+def _admin_migrate(args: argparse.Namespace) -> int:
+    from facescore.admin.backup import AdminError
+    from facescore.admin.migrate import migrate
+    from services.score.settings import ScoreSettings
+
+    try:
+        migrate(ScoreSettings(), to_url=args.to, from_url=args.from_)
+    except AdminError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _model_dir(args: argparse.Namespace) -> Path:
     # Resolved here, not in the parser: the settings module costs every command (the
     # containers' frequent health checks among them) pydantic's import time.
@@ -306,9 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     backup = admin_sub.add_parser(
         "backup",
         help="write Qdrant's facescore data (and Redis's facescore keys) to the new folder DEST",
-        description="Embedded Qdrant (SCORE_QDRANT_URL unset): a copy of SCORE_DATA_DIR/qdrant; "
-        "the score service must be stopped. Qdrant server: a snapshot of every facescore "
-        "collection. With SCORE_REDIS_URL: the facescore:* keys. DEST gets a manifest.json with "
+        description="Embedded storage (SCORE_QDRANT_URL unset): a copy of SCORE_DATA_DIR/edge; "
+        "the score service must be stopped (it owns the shards; refused while it runs). "
+        "Qdrant server: a snapshot of every facescore collection. With SCORE_REDIS_URL: the "
+        "facescore:* keys. DEST gets a manifest.json with "
         "the sha256 of every file; it appears only once complete.",
     )
     backup.add_argument("dest", type=Path, help="new folder for the backup")
@@ -320,8 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
         "restore",
         help="restore a backup made by `facescore admin backup`",
         description="Checks every file against the manifest first. Embedded: replaces "
-        "SCORE_DATA_DIR/qdrant (the score service must be stopped) and keeps the replaced data "
-        "as qdrant.before-restore-<time>. Server: uploads the snapshots, replacing those "
+        "SCORE_DATA_DIR/edge (the score service must be stopped) and keeps the replaced data "
+        "as edge.before-restore-<time>. Server: uploads the snapshots, replacing those "
         "collections. Refuses a target that already holds data unless --yes.",
     )
     restore.add_argument("src", type=Path, help="the backup folder")
@@ -335,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Faces of deleted galleries, faces whose subject has no record, and subject "
         "records of deleted galleries: left by an interrupted delete, or by enrollments and "
         "deletes of one subject through two score replicas at once. Exits 1 when any is "
-        "found. Embedded Qdrant: the score service must be stopped.",
+        "found. Embedded storage: the score service must be stopped (check refuses while it "
+        "runs).",
     )
     check.add_argument(
         "--repair",
@@ -343,6 +358,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="delete the orphaned faces and records; write missing subject records",
     )
     check.set_defaults(func=_admin_check)
+    migrate = admin_sub.add_parser(
+        "migrate",
+        help="copy every gallery between the embedded storage and a Qdrant server",
+        description="--to URL copies the faces and the registry of SCORE_DATA_DIR's embedded "
+        "storage into the Qdrant server at URL (SCORE_QDRANT_API_KEY is its key); --from URL "
+        "copies them back. The score service must be stopped. Resumable: run it again after "
+        "an interruption. Verified by counts and a sample of vectors.",
+    )
+    direction = migrate.add_mutually_exclusive_group(required=True)
+    direction.add_argument("--to", metavar="URL", help="the Qdrant server to copy into")
+    direction.add_argument(
+        "--from", dest="from_", metavar="URL", help="the Qdrant server to copy from"
+    )
+    migrate.set_defaults(func=_admin_migrate)
 
     settings = sub.add_parser(
         "settings", help="print every setting with its default (.env.example)"

@@ -2,8 +2,10 @@
 
 What is backed up depends on how score runs (the SCORE_* settings):
 
-- Embedded Qdrant (SCORE_QDRANT_URL unset): a copy of DATA_DIR/qdrant, taken under the
-  storage's own lock, so a running score service (which holds that lock) is refused.
+- Embedded storage (SCORE_QDRANT_URL unset): a copy of DATA_DIR/edge, the engine's shards,
+  taken while this command holds every shard (their WAL locks) after flushing them. score
+  owns its shards: a running score service is refused in one line, so an embedded backup is
+  an offline operation (stop score, back up, start it; a Qdrant server is backed up live).
 - Qdrant server (SCORE_QDRANT_URL set): a snapshot of every facescore collection (the faces
   collections and the registry, all named SCORE_COLLECTION_PREFIX_*), made through the
   Qdrant API, downloaded, then deleted on the server.
@@ -16,9 +18,11 @@ It is written under a temporary name and renamed when complete: a DEST that exis
 Restore checks every file against the manifest before it touches anything, refuses a
 target that already holds data unless told --yes, and then:
 
-- embedded: copies the files to a sibling of DATA_DIR/qdrant, then swaps the folders with
-  renames. The replaced data is KEPT as DATA_DIR/qdrant.before-restore-<time> (delete it
-  once the restored service looks right); nothing is deleted.
+- embedded: copies the files to a sibling of DATA_DIR/edge, then swaps the folders with
+  renames. The replaced data is KEPT as DATA_DIR/edge.before-restore-<time> (delete it
+  once the restored service looks right); nothing is deleted. A backup of the previous
+  embedded store (qdrant-client's local mode, DATA_DIR/qdrant) goes back to DATA_DIR/qdrant,
+  which score converts to the engine's shards when it starts.
 - server: uploads each snapshot (POST /collections/{name}/snapshots/upload?priority=snapshot,
   with the sha256 for Qdrant to check), which replaces the collection of that name.
 - Redis: RESTORE ... REPLACE of every saved key; other keys are left alone.
@@ -29,8 +33,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
-import errno
-import fcntl
 import hashlib
 import importlib.metadata
 import json
@@ -45,15 +47,18 @@ import httpx
 
 from services.score.redis_target import RedisTarget, redacted
 from services.score.settings import ScoreSettings
+from services.score.storage import StorageInUse
+from services.score.storage.edge import held
 
 MANIFEST = "manifest.json"
 FORMAT = 1
-QDRANT_DIR = "qdrant"
+QDRANT_DIR = "edge"  # the embedded engine's shards, DATA_DIR/edge/<collection>/
+LEGACY_DIR = "qdrant"  # qdrant-client's local mode (backups made before); converted at start
+SPEC_FILE = "collection.json"  # one per embedded collection, written when it is created
 SNAPSHOT_DIR = "snapshots"
 REDIS_FILE = "redis.jsonl"
 REDIS_PATTERN = "facescore:*"
-LOCK_FILE = ".lock"  # qdrant-client's embedded storage lock (an flock on DATA_DIR/qdrant/.lock)
-META_FILE = "meta.json"  # embedded Qdrant's list of collections
+META_FILE = "meta.json"  # qdrant-client local mode's list of collections
 SNAPSHOT_TIMEOUT_S = 600.0
 CHUNK = 1 << 20
 
@@ -97,7 +102,9 @@ def _entry(path: Path) -> dict[str, Any]:
 def _safe_relative(name: str) -> PurePosixPath:
     """A manifest path that stays inside the backup (a crafted manifest cannot escape it)."""
     path = PurePosixPath(name)
-    allowed_top = path.parts[:1] in ((QDRANT_DIR,), (SNAPSHOT_DIR,)) and len(path.parts) > 1
+    allowed_top = (
+        path.parts[:1] in ((QDRANT_DIR,), (LEGACY_DIR,), (SNAPSHOT_DIR,)) and len(path.parts) > 1
+    )
     if (
         path.is_absolute()
         or ".." in path.parts
@@ -121,61 +128,39 @@ def _now() -> tuple[str, str]:
     return now.isoformat(timespec="seconds"), now.strftime("%Y%m%dT%H%M%SZ")
 
 
-# The embedded storage's lock.
-
-
-def _lock_holders(lock_path: Path) -> list[int]:
-    """Processes with the lock file open (best effort: only those /proc lets us see)."""
-    wanted = str(lock_path.resolve())
-    holders = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        with contextlib.suppress(OSError):
-            for fd in (proc / "fd").iterdir():
-                with contextlib.suppress(OSError):
-                    if os.readlink(fd) == wanted:
-                        holders.append(int(proc.name))
-                        break
-    return sorted(pid for pid in holders if pid != os.getpid())
+# The embedded storage, held.
 
 
 @contextlib.contextmanager
 def storage_lock(storage: Path) -> Iterator[None]:
-    """Hold embedded Qdrant's own lock on `storage`; refuse when a score service holds it.
-
-    qdrant-client locks DATA_DIR/qdrant/.lock with flock(LOCK_EX | LOCK_NB) while a client is
-    open; taking the same lock keeps a score service from starting during a backup or restore.
-    """
-    lock_path = storage / LOCK_FILE
+    """Hold every shard of the embedded storage (their WAL locks), flushed; refuse with one
+    line when a score service holds it. score owns its shards: an embedded backup or restore
+    is an offline operation, and a score service cannot start while one runs."""
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as error:
-        raise AdminError(f"cannot open the storage lock {lock_path}: {error}") from error
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise AdminError(f"cannot lock {lock_path}: {error}") from error
-            holders = _lock_holders(lock_path)
-            who = f" (process {', '.join(map(str, holders))})" if holders else ""
-            raise AdminError(
-                f"{storage} is in use{who}: a score service with embedded Qdrant is running on "
-                "this SCORE_DATA_DIR (it holds the storage lock). Stop the score service first; "
-                "embedded Qdrant cannot be copied or replaced while it runs."
-            ) from error
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the flock
+        with held(storage):
+            yield
+    except StorageInUse as error:
+        raise AdminError(
+            f"{storage} is held by the score service running on this SCORE_DATA_DIR: stop it "
+            "first (embedded storage is backed up and restored offline)"
+        ) from error
 
 
 def _embedded_collections(storage: Path) -> dict[str, dict[str, Any]]:
-    """Collection name -> its creation config, from embedded Qdrant's meta.json."""
-    try:
-        meta = json.loads((storage / META_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    collections = meta.get("collections") if isinstance(meta, dict) else None
-    return collections if isinstance(collections, dict) else {}
+    """Collection name -> its spec (size, distance, metadata), from each collection.json
+    (or, in a store of qdrant-client's local mode, from its meta.json)."""
+    if (storage / META_FILE).is_file():
+        try:
+            meta = json.loads((storage / META_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        collections = meta.get("collections") if isinstance(meta, dict) else None
+        return collections if isinstance(collections, dict) else {}
+    found = {}
+    for spec in sorted(storage.glob(f"*/{SPEC_FILE}")):
+        with contextlib.suppress(OSError, ValueError):
+            found[spec.parent.name] = json.loads(spec.read_text())
+    return found
 
 
 def _model_of(name: str, metadata: Any) -> dict[str, Any] | None:
@@ -197,11 +182,7 @@ def _storage_has_data(storage: Path) -> list[str]:
     collections = sorted(_embedded_collections(storage))
     if collections:
         return [f"collection {name}" for name in collections]
-    return sorted(
-        str(p.relative_to(storage))
-        for p in storage.rglob("*")
-        if p.is_file() and p.name not in (LOCK_FILE, META_FILE)
-    )
+    return sorted(str(p.relative_to(storage)) for p in storage.rglob("*") if p.is_file())
 
 
 # Qdrant server.
@@ -454,19 +435,19 @@ def backup(
 
 def _backup_embedded(settings: ScoreSettings, staging: Path, say: Say) -> dict[str, Any]:
     storage = settings.data_dir.absolute() / QDRANT_DIR
-    if not (storage / META_FILE).is_file():
+    if not _embedded_collections(storage):
         raise AdminError(
-            f"nothing to back up: {storage} holds no embedded Qdrant (no {META_FILE}). "
+            f"nothing to back up: {storage} holds no embedded collections. "
             "Is SCORE_DATA_DIR right? For a Qdrant server, set SCORE_QDRANT_URL."
         )
     with storage_lock(storage):
         for path in sorted(storage.rglob("*")):
             relative = path.relative_to(storage)
-            if path.is_symlink() or not path.is_file() or relative == Path(LOCK_FILE):
+            if path.is_symlink() or not path.is_file():
                 continue
             _copy(path, staging / QDRANT_DIR / relative)
         collections = _embedded_collections(storage)
-    say(f"copied embedded Qdrant from {storage}: {', '.join(sorted(collections)) or 'empty'}")
+    say(f"copied embedded storage from {storage}: {', '.join(sorted(collections)) or 'empty'}")
     models = [_model_of(n, c.get("metadata")) for n, c in sorted(collections.items())]
     return {
         "mode": "embedded",
@@ -567,7 +548,7 @@ def restore(settings: ScoreSettings, src: Path, *, yes: bool = False, say: Say =
     mode = manifest["mode"]
     if mode == "embedded" and settings.qdrant_url:
         raise AdminError(
-            "this backup is a copy of an embedded Qdrant (DATA_DIR/qdrant) but SCORE_QDRANT_URL "
+            "this backup is a copy of the embedded storage (DATA_DIR) but SCORE_QDRANT_URL "
             "is set; unset it to restore into SCORE_DATA_DIR"
         )
     if mode == "server" and not settings.qdrant_url:
@@ -576,8 +557,10 @@ def restore(settings: ScoreSettings, src: Path, *, yes: bool = False, say: Say =
             "SCORE_QDRANT_API_KEY) to the Qdrant server to restore them into"
         )
     files = manifest["files"]
-    if mode == "embedded" and f"{QDRANT_DIR}/{META_FILE}" not in files:
-        raise AdminError(f"the backup {src} lacks {QDRANT_DIR}/{META_FILE}")
+    if mode == "embedded" and not any(
+        name.endswith(f"/{SPEC_FILE}") or name == f"{LEGACY_DIR}/{META_FILE}" for name in files
+    ):
+        raise AdminError(f"the backup {src} holds no embedded collection ({SPEC_FILE})")
     if mode == "server":
         for collection in manifest.get("collections", []):
             if collection.get("file") not in files:
@@ -624,7 +607,10 @@ def _restore_embedded(
     say: Say,
 ) -> None:
     data_dir = settings.data_dir.absolute()
-    storage = data_dir / QDRANT_DIR
+    # A backup of qdrant-client's local mode goes back to DATA_DIR/qdrant: score converts it
+    # to the engine's shards when it starts.
+    top = LEGACY_DIR if f"{LEGACY_DIR}/{META_FILE}" in manifest["files"] else QDRANT_DIR
+    storage = data_dir / top
     found = _storage_has_data(storage)
     if found and not yes:
         raise _refuse(str(storage), found)
@@ -634,23 +620,25 @@ def _restore_embedded(
     _, stamp = _now()
     data_dir.mkdir(parents=True, exist_ok=True)
     lock: contextlib.AbstractContextManager[None] = (
-        storage_lock(storage) if storage.exists() else contextlib.nullcontext()
+        storage_lock(storage)
+        if storage.exists() and top == QDRANT_DIR
+        else contextlib.nullcontext()
     )
     kept: Path | None = None
     with lock:
-        staging = data_dir / f".{QDRANT_DIR}.restore-{stamp}-{os.getpid()}"
+        staging = data_dir / f".{top}.restore-{stamp}-{os.getpid()}"
         try:
             staging.mkdir()
             for name, entry in manifest["files"].items():
                 relative = _safe_relative(name)
-                if relative.parts[0] != QDRANT_DIR:
+                if relative.parts[0] != top:
                     continue
                 target = staging.joinpath(*relative.parts[1:])
                 _copy(src.joinpath(*relative.parts), target)
                 if sha256_file(target) != entry["sha256"]:
                     raise AdminError(f"copying {name} into {staging} damaged it; nothing restored")
             if storage.exists():
-                kept = data_dir / f"{QDRANT_DIR}.before-restore-{stamp}"
+                kept = data_dir / f"{top}.before-restore-{stamp}"
                 os.rename(storage, kept)
             try:
                 os.rename(staging, storage)

@@ -13,23 +13,26 @@ once, can still leave:
 missing subject records (from the faces' own metadata), then exits 0. Subjects without any
 face are listed but left alone: deleting a subject's last face keeps the subject.
 
-Embedded Qdrant is opened directly, so the score service must be stopped (qdrant-client
-refuses a second client on the same folder); a Qdrant server is checked live.
+Embedded storage is opened directly, so the score service must be stopped: score owns its
+shards, and while it runs `check` refuses with one line saying so. A Qdrant server is
+checked live.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from qdrant_client import QdrantClient, models
-
 from facescore.admin.backup import AdminError
-from services.score.gallery import match_filter, now_ms, qdrant_options, subject_point_id
+from services.common.errors import FaceScoreError
 from services.score.settings import ScoreSettings
+from services.score.storage import Engine, Point, layout, open_engine, scroll_all, where
+from services.score.storage.layout import SubjectRecord, subject_point_id
+from services.score.storage.legacy import legacy_store
 
 Say = Callable[[str], None]
 Key = tuple[str, str]  # (gallery, subject id)
@@ -55,56 +58,32 @@ class Findings:
         )
 
 
-@contextlib.contextmanager
-def _client(settings: ScoreSettings) -> Iterator[QdrantClient]:
-    if not settings.qdrant_url and not (settings.data_dir / "qdrant").is_dir():
-        raise AdminError(
-            f"no embedded Qdrant data in {settings.data_dir / 'qdrant'}: nothing to check"
-        )
-    try:
-        client = QdrantClient(**qdrant_options(settings))
-    except RuntimeError as error:  # qdrant-client: "already accessed by another instance"
-        raise AdminError(
-            f"{settings.data_dir / 'qdrant'} is in use: stop the score service that uses this "
-            f"SCORE_DATA_DIR first ({error})"
-        ) from error
-    try:
-        yield client
-    finally:
-        client.close()
+async def _engine(settings: ScoreSettings) -> Engine:
+    if (
+        not settings.qdrant_url
+        and not Path(where(settings)).is_dir()
+        and legacy_store(settings.data_dir) is None  # converted when opened
+    ):
+        raise AdminError(f"no embedded storage in {where(settings)}: nothing to check")
+    return await open_engine(settings)
 
 
-def _scroll(client: QdrantClient, collection: str, **fields: str) -> Iterator[models.Record]:
-    offset: Any = None
-    while True:
-        points, offset = client.scroll(
-            collection,
-            scroll_filter=match_filter(**fields),
-            limit=1024,
-            offset=offset,
-            with_payload=True,
-        )
-        yield from points
-        if offset is None:
-            return
-
-
-def inspect(client: QdrantClient, prefix: str) -> tuple[Findings, list[str]]:
-    registry = f"{prefix}_registry"
-    names = [c.name for c in client.get_collections().collections]
+async def inspect(engine: Engine, prefix: str) -> tuple[Findings, list[str]]:
+    registry = layout.registry_collection(prefix)
+    names = await engine.collections()
     if registry not in names:
         raise AdminError(f"no {registry} collection: score has not created its data here yet")
-    faces_collections = sorted(n for n in names if n.startswith(f"{prefix}_") and n != registry)
+    faces_collections = sorted(n for n in names if layout.is_faces_collection(prefix, n))
     found = Findings()
-    for record in _scroll(client, registry, kind="gallery"):
-        found.galleries.add(str((record.payload or {})["gallery"]))
-    for record in _scroll(client, registry, kind="subject"):
-        payload = record.payload or {}
-        found.subjects.add((str(payload["gallery"]), str(payload["subject_id"])))
+    async for record in scroll_all(engine, registry, {"kind": "gallery"}):
+        found.galleries.add(layout.gallery_record(record.payload).name)
+    async for record in scroll_all(engine, registry, {"kind": "subject"}):
+        subject = layout.subject_record(record.payload)
+        found.subjects.add((subject.gallery, subject.subject_id))
     with_faces: Counter[Key] = Counter()
     for collection in faces_collections:
-        for point in _scroll(client, collection):
-            payload = point.payload or {}
+        async for point in scroll_all(engine, collection):
+            payload = point.payload
             key = (str(payload.get("gallery", "")), str(payload.get("subject_id", "")))
             found.faces += 1
             with_faces[key] += 1
@@ -121,39 +100,43 @@ def inspect(client: QdrantClient, prefix: str) -> tuple[Findings, list[str]]:
     return found, faces_collections
 
 
-def repair(client: QdrantClient, prefix: str, found: Findings) -> None:
-    registry = f"{prefix}_registry"
+async def repair(engine: Engine, prefix: str, found: Findings) -> None:
+    registry = layout.registry_collection(prefix)
     for collection, ids in found.faces_without_gallery.items():
-        client.delete(collection, models.PointIdsList(points=ids), wait=True)
-    records = []
-    for (gallery, subject), payloads in found.faces_without_subject.items():
-        newest = max(payloads, key=lambda p: int(p.get("created", 0)))
-        payload = {
-            "kind": "subject",
-            "gallery": gallery,
-            "subject_id": subject,
-            "metadata_json": str(newest.get("metadata_json", "")),
-            "created": min(int(p.get("created", 0)) for p in payloads) or now_ms(),
-        }
-        records.append(
-            models.PointStruct(id=subject_point_id(gallery, subject), vector=[0.0], payload=payload)
-        )
+        await engine.delete(collection, ids)
+    records: list[SubjectRecord] = [
+        layout.subject_from_faces(gallery, subject, payloads)
+        for (gallery, subject), payloads in found.faces_without_subject.items()
+    ]
     if records:
-        client.upsert(registry, records, wait=True)
+        await engine.upsert(
+            registry,
+            [
+                Point(subject_point_id(r.gallery, r.subject_id), layout.subject_payload(r), [0.0])
+                for r in records
+            ],
+        )
     stale = [subject_point_id(g, s) for g, s in found.subjects_without_gallery]
     if stale:
-        client.delete(registry, models.PointIdsList(points=stale), wait=True)
+        await engine.delete(registry, stale)
 
 
 def check(settings: ScoreSettings, *, fix: bool = False, say: Say = print) -> int:
     """Report (and with `fix`, repair) what disagrees; the exit code for the command."""
+    try:
+        return asyncio.run(_check(settings, fix, say))
+    except FaceScoreError as error:  # storage held by score, or unreachable: one line
+        raise AdminError(error.message) from error
+
+
+async def _check(settings: ScoreSettings, fix: bool, say: Say) -> int:
     prefix = settings.collection_prefix
-    where = settings.qdrant_url or str(settings.data_dir / "qdrant")
-    with _client(settings) as client:
-        found, collections = inspect(client, prefix)
+    engine = await _engine(settings)
+    try:
+        found, collections = await inspect(engine, prefix)
         say(
-            f"{where}: galleries {len(found.galleries)}, subjects {len(found.subjects)}, "
-            f"faces {found.faces} in {len(collections)} collection(s)"
+            f"{where(settings)}: galleries {len(found.galleries)}, subjects "
+            f"{len(found.subjects)}, faces {found.faces} in {len(collections)} collection(s)"
         )
         lost = sum(map(len, found.faces_without_gallery.values()))
         lines = [
@@ -185,10 +168,12 @@ def check(settings: ScoreSettings, *, fix: bool = False, say: Say = print) -> in
         if not fix:
             say("run `facescore admin check --repair` to repair")
             return 1
-        repair(client, prefix, found)
-        again, _ = inspect(client, prefix)
+        await repair(engine, prefix, found)
+        again, _ = await inspect(engine, prefix)
         if again.problems:  # written meanwhile (a live server): say so, do not loop
             say(f"{again.problems} problem(s) remain: run it again")
             return 1
         say("repaired")
         return 0
+    finally:
+        await engine.close()

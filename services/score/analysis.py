@@ -12,7 +12,7 @@ from facescore.v1 import cache_pb2, common_pb2, detect_pb2, score_pb2
 from services.common.errors import FaceScoreError, Reason
 from services.score.cache import AnalysisCache, cache_key
 from services.score.clients import InferenceClient
-from services.score.gallery import ModelIdentity
+from services.score.storage.layout import ModelIdentity
 
 
 @dataclass(frozen=True)

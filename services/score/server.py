@@ -19,8 +19,9 @@ from services.score import validation
 from services.score.analysis import Analysis, Analyzer
 from services.score.cache import AnalysisCache, make_cache
 from services.score.clients import InferenceClient
-from services.score.gallery import GalleryStore, ModelIdentity, face_id, now_ms
 from services.score.settings import ScoreSettings
+from services.score.storage import GalleryStore, ModelIdentity, face_id, open_store
+from services.score.storage.layout import face_payload
 
 log = structlog.get_logger(__name__)
 MAX_PAGE_SIZE = 1000
@@ -52,8 +53,7 @@ class ScoreService(score_pb2_grpc.ScoreServiceServicer):
         identity = ModelIdentity(
             self._recognizer.name, self._recognizer.sha256, self._recognizer.embedding_dim
         )
-        store = GalleryStore(self.settings, identity)
-        await store.open()
+        store = await open_store(self.settings, identity)
         await self.cache.start()
         self._analyzer = Analyzer(self._inference, self.cache, self._detector, identity)
         self._store = store
@@ -166,17 +166,17 @@ class ScoreService(score_pb2_grpc.ScoreServiceServicer):
         face = analysis.faces[index]
         validation.check_gates(face.quality, face.score, gates, self.settings)
         point_id = face_id(gallery, subject, analysis.image.sha256, index)
-        payload = {
-            "gallery": gallery,
-            "subject_id": subject,
-            "face_id": point_id,
-            "model_name": store.identity.name,
-            "model_sha256": store.identity.sha256,
-            "image_sha256": analysis.image.sha256,
-            "face_index": index,
-            "box": [face.box.x1, face.box.y1, face.box.x2, face.box.y2],
-            "detection_score": face.score,
-            "quality": {
+        payload = face_payload(
+            store.identity,
+            gallery,
+            subject,
+            point_id,
+            metadata,
+            image_sha256=analysis.image.sha256,
+            face_index=index,
+            box=[face.box.x1, face.box.y1, face.box.x2, face.box.y2],
+            detection_score=face.score,
+            quality={
                 "face_size_px": face.quality.face_size_px,
                 "inter_eye_px": face.quality.inter_eye_px,
                 "sharpness": face.quality.sharpness,
@@ -185,9 +185,7 @@ class ScoreService(score_pb2_grpc.ScoreServiceServicer):
                 "roll": face.quality.roll,
                 "brightness": face.quality.brightness,
             },
-            "created": now_ms(),
-            "metadata_json": metadata,
-        }
+        )
         created = await store.enroll(
             gallery, subject, point_id, analysis.embeddings[index].tolist(), payload, metadata
         )

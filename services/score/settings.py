@@ -29,7 +29,7 @@ class ScoreSettings(ServerSettings):
         10.0, gt=0, description="Deadline for a call that arrives without one."
     )
     data_dir: Path = Field(
-        REPO_ROOT / "data", description="Embedded Qdrant's storage (DATA_DIR/qdrant)."
+        REPO_ROOT / "data", description="Embedded Qdrant's storage (DATA_DIR/edge)."
     )
     qdrant_url: str | None = Field(
         None, description="Qdrant server URL; unset = embedded Qdrant under DATA_DIR."
@@ -52,6 +52,32 @@ class ScoreSettings(ServerSettings):
     hnsw_m: int = Field(16, ge=4, description="HNSW graph degree of the faces collection.")
     hnsw_ef_construct: int = Field(100, ge=4, description="HNSW build-time search width.")
     on_disk: bool = Field(False, description="Keep vectors and the HNSW index on disk.")
+    quantization: bool = Field(
+        False,
+        description="Int8 scalar quantization of new faces collections (a quarter of the "
+        "memory); searches rescore with the original vectors.",
+    )
+    search_hnsw_ef: int = Field(
+        1024,
+        ge=4,
+        description="HNSW search width: wider finds more true matches, slower. The default is "
+        "the narrowest that kept top-1 recall at 99.5% on random vectors (docs/benchmarks.md).",
+    )
+    search_exact: bool = Field(
+        False, description="Score every face of the gallery instead of walking the HNSW graph."
+    )
+    search_oversampling: float | None = Field(
+        None, ge=1, description="With quantization: candidates fetched per result, rescored."
+    )
+    index_threshold_kb: int = Field(
+        20_000,
+        ge=1,
+        description="Embedded: vectors (KB) a segment holds before its HNSW index is built; "
+        "filtered searches over fewer than this many KB scan exactly.",
+    )
+    index_delay_s: float = Field(
+        2.0, gt=0, description="Embedded: quiet time after writes before indexes are built."
+    )
     redis_url: SecretStr | None = Field(
         None,
         description="redis:// or rediss:// URL (password included); unset = in-process cache. "

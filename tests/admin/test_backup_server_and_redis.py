@@ -7,6 +7,7 @@ server binary is not available here. Redis is a real redis-server
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -16,11 +17,12 @@ from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
-from qdrant_client import QdrantClient, models
 
 from facescore.admin.backup import AdminError, backup, restore
 from facescore.devtools.redis_server import RedisServer
 from services.score.settings import ScoreSettings
+from services.score.storage import CollectionSpec, EdgeEngine, Point
+from services.score.storage.layout import gallery_point_id
 from tests.admin.fake_qdrant import FakeQdrant, RunningFake
 
 FACES = "faces_w600k_mbf_81ffd4b788d5"
@@ -120,12 +122,25 @@ def test_server_mode_errors_are_clear(fake_qdrant: FakeQdrant, tmp_path: Path) -
 
 
 def make_embedded_storage(data_dir: Path) -> None:
-    client = QdrantClient(path=str(data_dir / "qdrant"))
-    client.create_collection(
-        REGISTRY, vectors_config=models.VectorParams(size=1, distance=models.Distance.DOT)
-    )
-    client.upsert(REGISTRY, [models.PointStruct(id=1, vector=[0.0], payload={"kind": "gallery"})])
-    client.close()
+    async def write() -> None:
+        engine = EdgeEngine(data_dir / "edge")
+        await engine.create(REGISTRY, CollectionSpec(1, "dot", {}, {"kind": False}))
+        point = Point(gallery_point_id("g"), {"kind": "gallery", "gallery": "g"}, [0.0])
+        await engine.upsert(REGISTRY, [point])
+        await engine.close()
+
+    asyncio.run(write())
+
+
+def count_registry(data_dir: Path) -> int:
+    async def count() -> int:
+        engine = EdgeEngine(data_dir / "edge")
+        try:
+            return await engine.count(REGISTRY)
+        finally:
+            await engine.close()
+
+    return asyncio.run(count())
 
 
 def test_redis_keys_are_dumped_and_restored(tmp_path: Path) -> None:
@@ -173,9 +188,7 @@ def test_redis_keys_are_dumped_and_restored(tmp_path: Path) -> None:
         assert redis.get("facescore:analysis:v1:bbbb:2222") == b"analysis two"
         assert redis.pttl("facescore:analysis:v1:bbbb:2222") == -1
         assert redis.get("other:key") == b"still here"
-        restored = QdrantClient(path=str(fresh / "qdrant"))
-        assert restored.count(REGISTRY).count == 1
-        restored.close()
+        assert count_registry(fresh) == 1
 
         # Without SCORE_REDIS_URL the saved keys are skipped, with a note.
         said: list[str] = []

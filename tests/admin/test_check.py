@@ -8,16 +8,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from qdrant_client import QdrantClient, models
 
-from services.score.gallery import (
-    GalleryStore,
-    ModelIdentity,
-    face_id,
-    gallery_point_id,
-    subject_point_id,
-)
 from services.score.settings import ScoreSettings
+from services.score.storage import EdgeEngine, GalleryStore, ModelIdentity, face_id, open_store
+from services.score.storage.layout import gallery_point_id, subject_point_id
 from tests.conftest import REPO
 
 DIM = 8
@@ -37,8 +31,7 @@ def admin(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 async def build(data_dir: Path) -> GalleryStore:
     """Galleries "kept" (subjects a, b, c) and "gone" (subject x), 2 faces per subject."""
-    store = GalleryStore(ScoreSettings(data_dir=data_dir), ModelIdentity("test", "0" * 64, DIM))
-    await store.open()
+    store = await open_store(ScoreSettings(data_dir=data_dir), ModelIdentity("test", "0" * 64, DIM))
     rng = np.random.default_rng(3)
     for gallery, subjects in (("kept", "abc"), ("gone", "x")):
         await store.create_gallery(gallery)
@@ -67,20 +60,11 @@ async def test_check_finds_and_repairs_what_a_lost_race_leaves(tmp_path: Path) -
     # Break it: gallery "gone" lost its record but kept its faces and subject; subject "b"
     # of "kept" lost its record but kept its faces; subject "c" lost its faces (legitimate:
     # its faces were deleted one by one).
-    client = QdrantClient(path=str(tmp_path / "qdrant"))
-    client.delete(registry, models.PointIdsList(points=[gallery_point_id("gone")]), wait=True)
-    client.delete(registry, models.PointIdsList(points=[subject_point_id("kept", "b")]), wait=True)
-    client.delete(
-        collection,
-        models.Filter(
-            must=[
-                models.FieldCondition(key="gallery", match=models.MatchValue(value="kept")),
-                models.FieldCondition(key="subject_id", match=models.MatchValue(value="c")),
-            ]
-        ),
-        wait=True,
-    )
-    client.close()
+    engine = EdgeEngine(tmp_path / "edge")
+    await engine.delete(registry, [gallery_point_id("gone")])
+    await engine.delete(registry, [subject_point_id("kept", "b")])
+    await engine.delete_where(collection, {"gallery": "kept", "subject_id": "c"})
+    await engine.close()
 
     found = admin(tmp_path)
     assert found.returncode == 1, found.stdout + found.stderr
@@ -97,20 +81,17 @@ async def test_check_finds_and_repairs_what_a_lost_race_leaves(tmp_path: Path) -
     assert again.returncode == 0 and "consistent" in again.stdout, again.stdout
     assert "kept/c" in again.stdout  # still listed, still kept
 
-    client = QdrantClient(path=str(tmp_path / "qdrant"))
+    engine = EdgeEngine(tmp_path / "edge")
     try:
-        gone = models.Filter(
-            must=[models.FieldCondition(key="gallery", match=models.MatchValue(value="gone"))]
-        )
-        assert client.count(collection, count_filter=gone, exact=True).count == 0
-        assert client.count(registry, count_filter=gone, exact=True).count == 0
-        record = client.retrieve(registry, [subject_point_id("kept", "b")], with_payload=True)
-        assert record and record[0].payload is not None
+        assert await engine.count(collection, {"gallery": "gone"}) == 0
+        assert await engine.count(registry, {"gallery": "gone"}) == 0
+        record = await engine.retrieve(registry, [subject_point_id("kept", "b")])
+        assert record
         # Rebuilt from the faces: the first face's time, the newest face's metadata.
         assert record[0].payload["created"] == 1000
         assert record[0].payload["metadata_json"] == '{"n":1}'
     finally:
-        client.close()
+        await engine.close()
 
 
 async def test_check_refuses_storage_in_use(tmp_path: Path) -> None:
@@ -118,7 +99,8 @@ async def test_check_refuses_storage_in_use(tmp_path: Path) -> None:
     try:
         busy = admin(tmp_path)
         assert busy.returncode == 1
-        assert "stop the score service" in busy.stderr
+        assert "held by another process" in busy.stderr
+        assert len(busy.stderr.strip().splitlines()) == 1, busy.stderr
     finally:
         await store.close()
     assert admin(tmp_path / "elsewhere").returncode == 1

@@ -139,11 +139,11 @@ def test_enroll_backup_restore_round_trip(
     state = gallery_state(score)
     assert face_counts(state["groups"][1]) == {"team": 2}
 
-    # A running score service holds embedded Qdrant's lock: the backup is refused.
+    # A running score service owns the embedded shards: the backup is refused, in one line.
     refused = facescore("admin", "backup", tmp_path / "while-running", SCORE_DATA_DIR=str(data))
     assert refused.returncode == 1
-    assert "is in use" in refused.stderr and "Stop the score service first" in refused.stderr
-    assert f"process {score.process.pid}" in refused.stderr  # type: ignore[union-attr]
+    assert "is held by the score service" in refused.stderr and "stop it" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     assert not (tmp_path / "while-running").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
@@ -159,8 +159,7 @@ def test_enroll_backup_restore_round_trip(
     assert [m["model_name"] for m in manifest["models"]] == ["w600k_mbf"]
     recognizer = select_model(DEFAULT_MODEL_DIR, "recognizer")
     assert manifest["models"][0]["model_sha256"] == recognizer.sha256
-    assert "qdrant/meta.json" in manifest["files"]
-    assert "qdrant/.lock" not in manifest["files"]
+    assert sum(n.endswith("/collection.json") for n in manifest["files"]) == 2
     for name, entry in manifest["files"].items():
         assert sha256_file(backup / name) == entry["sha256"]
     assert facescore("admin", "backup", backup, SCORE_DATA_DIR=str(data)).returncode == 1
@@ -168,7 +167,7 @@ def test_enroll_backup_restore_round_trip(
     # A damaged backup is refused before anything is touched.
     damaged = tmp_path / "damaged"
     shutil.copytree(backup, damaged)
-    victim = next(n for n in manifest["files"] if n.endswith("storage.sqlite"))
+    victim = next(n for n in manifest["files"] if "/shard/" in n)
     content = bytearray((damaged / victim).read_bytes())
     content[len(content) // 2] ^= 0x01
     (damaged / victim).write_bytes(bytes(content))
@@ -186,10 +185,10 @@ def test_enroll_backup_restore_round_trip(
     restored = facescore("admin", "restore", backup, SCORE_DATA_DIR=str(fresh))
     assert restored.returncode == 0, restored.stderr
     assert "verified" in restored.stdout
-    assert tree(fresh / "qdrant") == {
-        name.removeprefix("qdrant/"): entry["sha256"]
+    assert tree(fresh / "edge") == {
+        name.removeprefix("edge/"): entry["sha256"]
         for name, entry in manifest["files"].items()
-        if name.startswith("qdrant/")
+        if name.startswith("edge/")
     }
     again = start_service("score", **score_env(detect_service, embed_service, fresh))
     assert gallery_state(again) == state
@@ -201,10 +200,10 @@ def test_enroll_backup_restore_round_trip(
             timeout=30,
         )
     assert [f.subject_id for f in reply.faces if not f.unknown] == ["yao"]
-    before = tree(fresh / "qdrant")
+    before = tree(fresh / "edge")
     refused = facescore("admin", "restore", backup, "--yes", SCORE_DATA_DIR=str(fresh))
-    assert refused.returncode == 1 and "is in use" in refused.stderr
-    assert tree(fresh / "qdrant") == before
+    assert refused.returncode == 1 and "is held by the score service" in refused.stderr
+    assert tree(fresh / "edge") == before
     assert again.stop() == 0
 
     # The target holds data now: restore wants --yes, and keeps what it replaces.
@@ -215,6 +214,6 @@ def test_enroll_backup_restore_round_trip(
     assert tree(fresh) == before
     replaced = facescore("admin", "restore", backup, "--yes", SCORE_DATA_DIR=str(fresh))
     assert replaced.returncode == 0, replaced.stderr
-    kept = [p for p in fresh.iterdir() if p.name.startswith("qdrant.before-restore-")]
+    kept = [p for p in fresh.iterdir() if p.name.startswith("edge.before-restore-")]
     assert len(kept) == 1 and f"kept in {kept[0]}" in replaced.stdout
-    assert sorted(p.name for p in fresh.iterdir()) == sorted(["qdrant", kept[0].name])
+    assert sorted(p.name for p in fresh.iterdir()) == sorted(["edge", kept[0].name])

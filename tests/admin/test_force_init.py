@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-from qdrant_client import QdrantClient
 
 from facescore.v1 import score_pb2, score_pb2_grpc
 from services.common.models import vectron_file
+from services.score.storage import EdgeEngine
 from tests.admin.helpers import gallery_state, score_env
 from tests.conftest import ServiceProcess
 
@@ -17,11 +18,14 @@ StartService = Callable[..., ServiceProcess]
 
 
 def faces_in_storage(data_dir: Path, collection: str) -> int:
-    client = QdrantClient(path=str(data_dir / "qdrant"))
-    try:
-        return int(client.count(collection, exact=True).count)
-    finally:
-        client.close()
+    async def count() -> int:
+        engine = EdgeEngine(data_dir / "edge")
+        try:
+            return await engine.count(collection)
+        finally:
+            await engine.close()
+
+    return asyncio.run(count())
 
 
 def test_force_init_needs_the_collection_name(

@@ -1,20 +1,20 @@
-"""GalleryStore.search against a brute-force reference, on embedded Qdrant.
+"""GalleryStore.search against a brute-force reference, on the embedded engine.
 
-search answers from one plain nearest-neighbour query when it can and from Qdrant's grouped
-query otherwise; either way the answer must be the best face of each of the top_k most
-similar subjects of the gallery, and nothing from another gallery.
+search asks the engine for the gallery's nearest faces and, when they hold fewer than top_k
+subjects, asks again without the subjects found; either way the answer must be the best face
+of each of the top_k most similar subjects of the gallery, and nothing from another gallery.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from services.score.gallery import GalleryStore, ModelIdentity, face_id
 from services.score.settings import ScoreSettings
+from services.score.storage import EdgeEngine, GalleryStore, ModelIdentity, face_id, open_store
+from services.score.storage.engine import Exclude, Point
 
 DIM = 16
 
@@ -36,28 +36,10 @@ def reference(
     return [(subject, point) for subject, (_, point) in ranked]
 
 
-def record_calls(
-    monkeypatch: pytest.MonkeyPatch,
-    store: GalleryStore,
-    method: str,
-    calls: list[object],
-    note: Callable[[dict[str, object]], object],
-) -> None:
-    """Wrap one method of the store's Qdrant client: `note(kwargs)` is appended per call."""
-    original = getattr(store.client, method)
-
-    async def recorded(*args: object, **kwargs: object) -> object:
-        calls.append(note(kwargs))
-        return await original(*args, **kwargs)
-
-    monkeypatch.setattr(store.client, method, recorded)
-
-
-async def make_store(tmp_path: Path) -> GalleryStore:
-    settings = ScoreSettings(data_dir=tmp_path)
-    store = GalleryStore(settings, ModelIdentity("test", "0" * 64, DIM))
-    await store.open()
-    return store
+async def make_store(tmp_path: Path, **settings: object) -> GalleryStore:
+    return await open_store(
+        ScoreSettings(data_dir=tmp_path, **settings), ModelIdentity("test", "0" * 64, DIM)
+    )
 
 
 async def fill(
@@ -94,62 +76,71 @@ async def test_search_matches_brute_force(tmp_path: Path, top_k: int) -> None:
         await store.close()
 
 
-async def test_one_subject_crowding_the_top_falls_back_to_grouping(
+async def test_one_subject_crowding_the_top_is_left_out_of_the_next_query(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Subject "many" holds every face near the query: the plain query finds no one else."""
+    """Subject "many" holds every face near the query: the first query finds no one else,
+    the second leaves "many" out."""
     rng = np.random.default_rng(7)
     query = unit(rng.standard_normal(DIM))
     near = unit(query + 0.05 * rng.standard_normal((30, DIM)))
     far = unit(rng.standard_normal((5, DIM)))
     vectors = np.vstack([near, far])
     subjects = ["many"] * len(near) + [f"few{i}" for i in range(len(far))]
-    calls: list[object] = []
     store = await make_store(tmp_path)
-    record_calls(monkeypatch, store, "query_points_groups", calls, lambda _: "groups")
+    excluded: list[list[str]] = []
+    original = store.engine.query
+
+    async def recorded(*args: object, exclude: Exclude = None, **kwargs: object) -> object:
+        excluded.append(sorted(exclude[1]) if exclude else [])
+        return await original(*args, exclude=exclude, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store.engine, "query", recorded)
     try:
         ids = await fill(store, "g", vectors, subjects)
         hits = await store.search("g", query.tolist(), 3)
-        assert calls == ["groups"]
+        assert excluded == [[], ["many"]]
         assert [(h.subject_id, h.face_id) for h in hits] == reference(
             vectors, subjects, ids, query, 3
         )
         assert hits[0].subject_id == "many" and len({h.subject_id for h in hits}) == 3
-        # A gallery smaller than the over-fetch is answered whole by the plain query.
-        calls.clear()
+        # A gallery smaller than what is asked for is answered whole by one query.
+        excluded.clear()
         assert len(await store.search("g", query.tolist(), 100)) == 1 + len(far)
-        assert calls == []
+        assert excluded == [[]]
     finally:
         await store.close()
 
 
-async def test_embedded_search_skips_the_filter_only_when_that_is_exact(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Without the gallery filter while the gallery fills the nearest faces; with it otherwise."""
+async def test_small_gallery_beside_a_large_one(tmp_path: Path) -> None:
+    """A small gallery far from the query, beside a large one near it, indexed: the tenant
+    index answers it exactly, with nothing of the other gallery."""
     rng = np.random.default_rng(11)
     query = unit(rng.standard_normal(DIM))
-    big = unit(query + 0.3 * rng.standard_normal((60, DIM)))  # all near the query
-    small = unit(-query + 0.3 * rng.standard_normal((6, DIM)))  # all far from it
-    store = await make_store(tmp_path)
-    filters: list[object] = []
-    record_calls(
-        monkeypatch, store, "query_points", filters, lambda kw: kw.get("query_filter") is not None
-    )
+    big = unit(query + 0.3 * rng.standard_normal((3000, DIM)))
+    small = unit(-query + 0.3 * rng.standard_normal((6, DIM)))
+    store = await make_store(tmp_path, index_threshold_kb=10)
     try:
         big_subjects = [f"b{i}" for i in range(len(big))]
         small_subjects = [f"s{i}" for i in range(len(small))]
-        big_ids = await fill(store, "big", big, big_subjects)
-        small_ids = await fill(store, "small", small, small_subjects)
-        filters.clear()
-        hits = await store.search("big", query.tolist(), 5)
-        assert filters == [False]  # one unfiltered query answered
-        assert [(h.subject_id, h.face_id) for h in hits] == reference(
-            big, big_subjects, big_ids, query, 5
+        await store.create_gallery("big")
+        await store.engine.upsert(
+            store.collection,
+            [
+                Point(
+                    face_id("big", s, f"{i:064x}", 0),
+                    {"gallery": "big", "subject_id": s},
+                    v.tolist(),
+                )
+                for i, (s, v) in enumerate(zip(big_subjects, big, strict=True))
+            ],
         )
-        filters.clear()
+        small_ids = await fill(store, "small", small, small_subjects)
+        engine = store.engine
+        assert isinstance(engine, EdgeEngine)
+        await engine.optimize(store.collection)  # now, or after the background one
+        assert await engine.indexed_vectors(store.collection) >= len(big)
         hits = await store.search("small", query.tolist(), 3)
-        assert filters == [False, True]  # "big" filled the nearest faces: filtered after
         assert [(h.subject_id, h.face_id) for h in hits] == reference(
             small, small_subjects, small_ids, query, 3
         )

@@ -1,50 +1,33 @@
-"""GalleryStore's multi-step writes raced against deletes.
+"""GalleryStore's multi-step writes raced against deletes, on the embedded engine.
 
-Embedded Qdrant answers without ever yielding to the event loop, so calls cannot interleave
-inside it; a Qdrant server answers over HTTP, and they can. The client here yields before
-every call (a stand-in for those round trips: no Qdrant server binary runs on these
-machines), so enrollments and deletes interleave the way they would against a server.
+Every engine call runs in a worker thread, so enrollments and deletes interleave at each of
+their steps the way they would against a Qdrant server's round trips.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
-from services.score.gallery import GalleryStore, ModelIdentity, face_id
 from services.score.settings import ScoreSettings
+from services.score.storage import GalleryStore, ModelIdentity, face_id, open_store
 from tests.races import RaceTally
 
 DIM = 8
 
 
 @pytest.fixture
-async def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    store = GalleryStore(ScoreSettings(data_dir=tmp_path), ModelIdentity("test", "0" * 64, DIM))
-    await store.open()
-    rng = random.Random(5)
-    for name in ("retrieve", "upsert", "delete", "count", "scroll"):
-        call = getattr(store.client, name)
-
-        def slowed(call: Callable[..., Any]) -> Callable[..., Any]:
-            async def round_trip(*args: Any, **kwargs: Any) -> Any:
-                await asyncio.sleep(rng.random() / 500)
-                return await call(*args, **kwargs)
-
-            return round_trip
-
-        monkeypatch.setattr(store.client, name, slowed(call))
+async def store(tmp_path: Path) -> AsyncIterator[GalleryStore]:
+    store = await open_store(ScoreSettings(data_dir=tmp_path), ModelIdentity("test", "0" * 64, DIM))
     yield store
     await store.close()
 
 
-async def enroll(store: GalleryStore, gallery: str, subject: str, n: int) -> bool:
+async def enroll(store: GalleryStore, gallery: str, subject: str, n: int) -> object:
     vector = np.random.default_rng(n).standard_normal(DIM).tolist()
     point = face_id(gallery, subject, f"{n:064x}", 0)
     payload = {"gallery": gallery, "subject_id": subject, "face_id": point}
