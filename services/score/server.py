@@ -405,7 +405,11 @@ class ScoreService(score_pb2_grpc.ScoreServiceServicer):
                 await self._store.ping()
                 report.dependencies.add(name="qdrant", ok=True, detail=self._store.mode)
             except FaceScoreError as error:
-                report.dependencies.add(name="qdrant", ok=False, detail=error.message)
+                # Health is shown to clients: the reason only; the URL and the error go to the log.
+                log.warning(
+                    "qdrant health check failed", reason=str(error.reason), detail=error.message
+                )
+                report.dependencies.add(name="qdrant", ok=False, detail=str(error.reason))
         cache = self.cache.status()
         report.dependencies.add(
             name="cache",
