@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-import onnxruntime as ort
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -32,6 +31,10 @@ def provider_name(value: str) -> str:
     typo fails the settings, while a real provider this build lacks fails at start-up with
     what to install.
     """
+    # Imported here: score's and the gateway's images carry no ONNX Runtime, and only the
+    # inference services' settings name providers.
+    import onnxruntime as ort
+
     name = PROVIDER_ALIASES.get(value.strip().lower(), value.strip())
     if name not in ort.get_all_providers():
         raise ValueError(
