@@ -25,7 +25,7 @@ import pytest
 
 from nginx import render as nginx_render
 from services.common.models import insightface_image
-from tests.conftest import REPO, ServiceProcess, free_port
+from tests.conftest import REPO, ServiceProcess, free_port, wait_until
 
 WEB = REPO / "gateway" / "web"
 SECURITY_HEADERS = {
@@ -327,7 +327,12 @@ def test_request_id_in_the_response_and_the_access_log(client: httpx.Client, pro
     # nginx hides the gateway's echo of the id and adds its own: the same value, once.
     assert response.headers.get_list("x-request-id") == [request_id]
 
-    entries = [e for e in proxy.access_log() if e["user_agent"] == agent]
+    # nginx writes the entry once the request is finalised, which may follow the response.
+    def logged() -> list[dict[str, Any]]:
+        return [e for e in proxy.access_log() if e["user_agent"] == agent]
+
+    wait_until("nginx to log the request", logged)
+    entries = logged()
     assert len(entries) == 1, proxy.access_log()
     entry = entries[0]
     assert entry["request_id"] == request_id
