@@ -101,3 +101,9 @@ class ImageLimits(BaseSettings):
         gt=0,
         description="Largest photo in pixels (width x height), read from the header.",
     )
+    max_jpeg_scans: int = Field(
+        100,
+        ge=1,
+        description="Most scans a JPEG may have, counted before decoding; progressive photos "
+        "have about 10, a decompression bomb thousands.",
+    )

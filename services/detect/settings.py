@@ -25,3 +25,9 @@ class DetectSettings(ServerSettings, OnnxSettings, ImageLimits):
         0, ge=0, description="Faces whose shorter box side is below this many pixels are dropped."
     )
     workers: int = Field(1, ge=1, description="Photos detected in parallel (threads).")
+    decode_workers: int = Field(
+        2, ge=1, description="Processes decoding photos; a decode over its budget ends its own."
+    )
+    decode_timeout_s: float = Field(
+        5.0, gt=0, description="Longest one photo's decode may take before it is refused."
+    )

@@ -1,0 +1,227 @@
+"""Photo decoding in worker processes, each call within a time budget.
+
+A decode runs in C and cannot be interrupted from Python: a hostile photo decoded in a thread
+holds that thread until libjpeg (or libheif, libpng, ...) is done, whatever happened to the call
+that asked. In a process it can be ended: a call over its budget, or cancelled by its client,
+kills its worker, and a fresh one takes its place.
+
+A request holds one worker for all its decodes (`session`): the worker keeps the photo it
+decoded last, so cropping faces from the full-size pixels of a format without DCT scaling
+does not decode it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import multiprocessing
+import multiprocessing.connection
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from services.common.errors import FaceScoreError, Reason
+from services.common.images import JPEG_SCALES, DecodedImage, decode_image, shrink
+
+# spawn, not fork: the parent runs gRPC and ONNX Runtime threads, which fork would copy mid-state.
+_CONTEXT = multiprocessing.get_context("spawn")
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    max_bytes: int
+    max_pixels: int
+    max_jpeg_scans: int
+
+
+@dataclass(frozen=True, eq=False)
+class Region:
+    """A rectangle of the photo decoded at `scale` (decoded px per original px)."""
+
+    bgr: npt.NDArray[np.uint8]
+    origin: tuple[float, float]  # top-left corner, in original pixels
+    scale: tuple[float, float]
+
+
+# The photo this worker decoded last at full size, for the crops of the same request.
+_held: DecodedImage | None = None
+
+
+def decode_for_detection(data: bytes, limits: DecodeLimits, fit: int) -> DecodedImage:
+    """The photo at the smallest scale whose longer side keeps `fit` pixels."""
+    global _held
+    _held = None
+    decoded = _decode(data, limits, fit=fit)
+    if decoded.scale != (1.0, 1.0):
+        return decoded  # decoded small by DCT scaling
+    # No DCT scaling: the full decode is made anyway; keep it for the crops.
+    _held = decoded
+    return shrink(decoded, fit)
+
+
+def decode_regions(
+    data: bytes,
+    limits: DecodeLimits,
+    min_scale: float,
+    boxes: list[tuple[float, float, float, float]],
+) -> list[Region]:
+    """`boxes` (x1, y1, x2, y2 in original pixels) cut from a decode of at least `min_scale`."""
+    decoded = _held if _held is not None and _held.sha256 == _sha_of(data) else None
+    if decoded is None:
+        scale = next((s for s in JPEG_SCALES if s >= min_scale), 1.0)
+        decoded = _decode(data, limits, fit=1, min_scale=scale)
+    sx, sy = decoded.scale
+    regions = []
+    for x1, y1, x2, y2 in boxes:
+        left, top = max(0, int(x1 * sx)), max(0, int(y1 * sy))
+        right = min(decoded.width, int(np.ceil(x2 * sx)))
+        bottom = min(decoded.height, int(np.ceil(y2 * sy)))
+        pixels = np.ascontiguousarray(decoded.bgr[top : max(top, bottom), left : max(left, right)])
+        regions.append(Region(bgr=pixels, origin=(left / sx, top / sy), scale=(sx, sy)))
+    return regions
+
+
+def _decode(
+    data: bytes, limits: DecodeLimits, fit: int | None = None, min_scale: float = 0.0
+) -> DecodedImage:
+    return decode_image(
+        data,
+        limits.max_bytes,
+        limits.max_pixels,
+        max_jpeg_scans=limits.max_jpeg_scans,
+        fit=fit,
+        min_scale=min_scale,
+    )
+
+
+def _sha_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _worker_main(conn: multiprocessing.connection.Connection) -> None:
+    """A worker's loop: run each function sent, answer its result or its refusal."""
+    while True:
+        try:
+            function, args = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            answer: tuple[str, Any] = ("ok", function(*args))
+        except FaceScoreError as error:
+            answer = ("refused", (str(error.reason), error.message, error.metadata))
+        except Exception as error:  # Reported to the parent, which logs it as internal.
+            answer = ("failed", f"{type(error).__name__}: {error}")
+        conn.send(answer)
+
+
+class _Worker:
+    def __init__(self) -> None:
+        self.conn, child = _CONTEXT.Pipe()
+        self.process = _CONTEXT.Process(target=_worker_main, args=(child,), daemon=True)
+        self.process.start()
+        child.close()
+
+    def call(self, function: Callable[..., Any], args: tuple[Any, ...]) -> tuple[str, Any]:
+        self.conn.send((function, args))
+        answer: tuple[str, Any] = self.conn.recv()
+        return answer
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.join()
+        self.conn.close()
+
+
+class DecodeSession:
+    """One request's decodes, on one worker."""
+
+    def __init__(self, workers: DecodeWorkers, worker: _Worker) -> None:
+        self._workers = workers
+        self._worker = worker
+        self.busy = False
+
+    async def call(self, function: Callable[..., Any], *args: Any) -> Any:
+        """`function(*args)` in the worker, within the budget; refusals raise FaceScoreError."""
+        loop = asyncio.get_running_loop()
+        self.busy = True
+        waiting = loop.run_in_executor(self._workers.threads, self._worker.call, function, args)
+        try:
+            async with asyncio.timeout(self._workers.budget_s):
+                kind, value = await waiting
+        except TimeoutError:
+            raise FaceScoreError(
+                Reason.IMAGE_TOO_COMPLEX,
+                f"decoding the image took longer than {self._workers.budget_s} s",
+                metadata={"limit": str(self._workers.budget_s), "measure": "decode_seconds"},
+            ) from None
+        self.busy = False
+        if kind == "refused":
+            reason, message, metadata = value
+            raise FaceScoreError(
+                Reason(reason), message, grpc.StatusCode.INVALID_ARGUMENT, metadata
+            )
+        if kind == "failed":
+            raise RuntimeError(f"decode worker failed: {value}")
+        return value
+
+
+class DecodeWorkers:
+    """`count` worker processes; a request waits for a free one."""
+
+    def __init__(self, count: int, budget_s: float) -> None:
+        self.budget_s = budget_s
+        # One thread per worker waits on its pipe, apart from the threads that run models.
+        self.threads = ThreadPoolExecutor(count, thread_name_prefix="decode-wait")
+        self._count = count
+        self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
+        self._replacing: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        for _ in range(self._count):
+            self._idle.put_nowait(_Worker())
+
+    async def warm_up(self) -> None:
+        """One call through every worker, so none pays its imports on a request."""
+        workers = [await self._idle.get() for _ in range(self._count)]
+        try:
+            await asyncio.gather(*(self._ready(worker) for worker in workers))
+        finally:
+            for worker in workers:
+                self._idle.put_nowait(worker)
+
+    async def _ready(self, worker: _Worker) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.threads, worker.call, _sha_of, (b"",))
+
+    async def _replace(self, worker: _Worker) -> None:
+        worker.kill()
+        fresh = _Worker()
+        # Started before it serves: a request's budget is for decoding, not for imports.
+        await self._ready(fresh)
+        self._idle.put_nowait(fresh)
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[DecodeSession]:
+        worker = await self._idle.get()
+        session = DecodeSession(self, worker)
+        try:
+            yield session
+        finally:
+            if session.busy or not worker.process.is_alive():
+                # Over budget, cancelled or crashed mid-decode: the worker's state is unknown.
+                replacing = asyncio.create_task(self._replace(worker))
+                self._replacing.add(replacing)
+                replacing.add_done_callback(self._replacing.discard)
+            else:
+                self._idle.put_nowait(worker)
+
+    def stop(self) -> None:
+        while not self._idle.empty():
+            self._idle.get_nowait().kill()
+        self.threads.shutdown(wait=False, cancel_futures=True)
