@@ -1,9 +1,11 @@
-"""Photo decoding in worker processes, each call within a time budget.
+"""Photo decoding in worker processes, each call within a CPU-time budget.
 
 A decode runs in C and cannot be interrupted from Python: a hostile photo decoded in a thread
 holds that thread until libjpeg (or libheif, libpng, ...) is done, whatever happened to the call
-that asked. In a process it can be ended: a call over its budget, or cancelled by its client,
-kills its worker, and a fresh one takes its place.
+that asked. In a process it can be ended: the kernel stops a worker that spends more CPU
+seconds than the budget on one call (RLIMIT_CPU), and a call cancelled by its client kills its
+worker; a fresh one takes its place. The budget counts CPU time, not wall time, so a busy
+machine slows decodes without failing them.
 
 A request holds one worker for all its decodes (`session`): the worker keeps the photo it
 decoded last, so cropping faces from the full-size pixels of a format without DCT scaling
@@ -13,9 +15,11 @@ does not decode it twice.
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import math
 import multiprocessing
 import multiprocessing.connection
+import resource
+import signal
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -49,33 +53,38 @@ class Region:
     scale: tuple[float, float]
 
 
-# The photo this worker decoded last at full size, for the crops of the same request.
-_held: DecodedImage | None = None
+@dataclass
+class _Held:
+    """The photo of this worker's current request: its bytes and, for formats without DCT
+    scaling, its full-size decode, so the request's crops need neither sent nor decoded again."""
+
+    data: bytes = b""
+    full: DecodedImage | None = None
+
+
+_held = _Held()
 
 
 def decode_for_detection(data: bytes, limits: DecodeLimits, fit: int) -> DecodedImage:
     """The photo at the smallest scale whose longer side keeps `fit` pixels."""
     global _held
-    _held = None
+    _held = _Held(data)
     decoded = _decode(data, limits, fit=fit)
     if decoded.scale != (1.0, 1.0):
         return decoded  # decoded small by DCT scaling
-    # No DCT scaling: the full decode is made anyway; keep it for the crops.
-    _held = decoded
+    _held.full = decoded  # the full decode is made anyway: keep it for the crops
     return shrink(decoded, fit)
 
 
 def decode_regions(
-    data: bytes,
-    limits: DecodeLimits,
-    min_scale: float,
-    boxes: list[tuple[float, float, float, float]],
+    limits: DecodeLimits, min_scale: float, boxes: list[tuple[float, float, float, float]]
 ) -> list[Region]:
-    """`boxes` (x1, y1, x2, y2 in original pixels) cut from a decode of at least `min_scale`."""
-    decoded = _held if _held is not None and _held.sha256 == _sha_of(data) else None
+    """`boxes` (x1, y1, x2, y2 in original pixels) of the photo `decode_for_detection` had,
+    cut from a decode of at least `min_scale`."""
+    decoded = _held.full
     if decoded is None:
         scale = next((s for s in JPEG_SCALES if s >= min_scale), 1.0)
-        decoded = _decode(data, limits, fit=1, min_scale=scale)
+        decoded = _decode(_held.data, limits, fit=1, min_scale=scale)
     sx, sy = decoded.scale
     regions = []
     for x1, y1, x2, y2 in boxes:
@@ -100,17 +109,26 @@ def _decode(
     )
 
 
-def _sha_of(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def _ping() -> bool:
+    return True
 
 
-def _worker_main(conn: multiprocessing.connection.Connection) -> None:
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _worker_main(conn: multiprocessing.connection.Connection, budget_s: float) -> None:
     """A worker's loop: run each function sent, answer its result or its refusal."""
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
     while True:
         try:
             function, args = conn.recv()
         except (EOFError, OSError):
             return
+        # SIGXCPU, whose default action ends the process, once this call has used its budget.
+        soft = math.ceil(_cpu_seconds() + budget_s)
+        resource.setrlimit(resource.RLIMIT_CPU, (soft if hard < 0 else min(soft, hard), hard))
         try:
             answer: tuple[str, Any] = ("ok", function(*args))
         except FaceScoreError as error:
@@ -121,15 +139,21 @@ def _worker_main(conn: multiprocessing.connection.Connection) -> None:
 
 
 class _Worker:
-    def __init__(self) -> None:
+    def __init__(self, budget_s: float) -> None:
         self.conn, child = _CONTEXT.Pipe()
-        self.process = _CONTEXT.Process(target=_worker_main, args=(child,), daemon=True)
+        self.process = _CONTEXT.Process(target=_worker_main, args=(child, budget_s), daemon=True)
         self.process.start()
         child.close()
 
     def call(self, function: Callable[..., Any], args: tuple[Any, ...]) -> tuple[str, Any]:
         self.conn.send((function, args))
-        answer: tuple[str, Any] = self.conn.recv()
+        try:
+            answer: tuple[str, Any] = self.conn.recv()
+        except EOFError:
+            self.process.join()
+            if self.process.exitcode == -signal.SIGXCPU:
+                return ("over_budget", None)
+            raise
         return answer
 
     def kill(self) -> None:
@@ -147,20 +171,23 @@ class DecodeSession:
         self.busy = False
 
     async def call(self, function: Callable[..., Any], *args: Any) -> Any:
-        """`function(*args)` in the worker, within the budget; refusals raise FaceScoreError."""
+        """`function(*args)` in the worker, within the budget; refusals raise FaceScoreError.
+
+        Cancelled (a deadline, a client gone), the call leaves `busy` set: the session kills
+        the worker mid-decode.
+        """
         loop = asyncio.get_running_loop()
         self.busy = True
-        waiting = loop.run_in_executor(self._workers.threads, self._worker.call, function, args)
-        try:
-            async with asyncio.timeout(self._workers.budget_s):
-                kind, value = await waiting
-        except TimeoutError:
+        kind, value = await loop.run_in_executor(
+            self._workers.threads, self._worker.call, function, args
+        )
+        if kind == "over_budget":
             raise FaceScoreError(
                 Reason.IMAGE_TOO_COMPLEX,
-                f"decoding the image took longer than {self._workers.budget_s} s",
-                metadata={"limit": str(self._workers.budget_s), "measure": "decode_seconds"},
-            ) from None
-        self.busy = False
+                f"decoding the image took more than {self._workers.budget_s} s of CPU time",
+                metadata={"limit": str(self._workers.budget_s), "measure": "decode_cpu_seconds"},
+            )
+        self.busy = kind == "over_budget"
         if kind == "refused":
             reason, message, metadata = value
             raise FaceScoreError(
@@ -184,7 +211,7 @@ class DecodeWorkers:
 
     def start(self) -> None:
         for _ in range(self._count):
-            self._idle.put_nowait(_Worker())
+            self._idle.put_nowait(_Worker(self.budget_s))
 
     async def warm_up(self) -> None:
         """One call through every worker, so none pays its imports on a request."""
@@ -197,11 +224,11 @@ class DecodeWorkers:
 
     async def _ready(self, worker: _Worker) -> None:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self.threads, worker.call, _sha_of, (b"",))
+        await loop.run_in_executor(self.threads, worker.call, _ping, ())
 
     async def _replace(self, worker: _Worker) -> None:
         worker.kill()
-        fresh = _Worker()
+        fresh = _Worker(self.budget_s)
         # Started before it serves: a request's budget is for decoding, not for imports.
         await self._ready(fresh)
         self._idle.put_nowait(fresh)

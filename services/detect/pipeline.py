@@ -82,7 +82,7 @@ class DetectPipeline:
             faces = await self._in_thread(self._find, image, options)
             fine = [i for i, face in enumerate(faces) if face.crop is None]
             if fine:
-                faces = await self._crop_finer(decoder, data, image, faces, fine)
+                faces = await self._crop_finer(decoder, image, faces, fine)
         return await self._in_thread(self._response, image, faces, options.include_crops)
 
     async def _in_thread(self, function: Callable[..., T], *args: Any) -> T:
@@ -103,7 +103,6 @@ class DetectPipeline:
     async def _crop_finer(
         self,
         decoder: DecodeSession,
-        data: bytes,
         image: DecodedImage,
         faces: list[Face],
         fine: list[int],
@@ -112,7 +111,7 @@ class DetectPipeline:
         # The decode at which every such crop is warped from enough pixels.
         scale = min(1.0, max(_magnification(m) for m in transforms) / MAX_MAGNIFICATION)
         rects = [_source_rect(m, image) for m in transforms]
-        regions = await decoder.call(decode_regions, data, self.limits, scale, rects)
+        regions = await decoder.call(decode_regions, self.limits, scale, rects)
         done = list(faces)
         for i, region in zip(fine, regions, strict=True):
             local = (faces[i].landmarks - region.origin) * region.scale

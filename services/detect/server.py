@@ -28,7 +28,7 @@ class DetectService(detect_pb2_grpc.DetectServiceServicer):
         self.settings = settings
         self.detector = FaceDetector(settings)
         self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="detect")
-        self._decoders = DecodeWorkers(settings.decode_workers, settings.decode_timeout_s)
+        self._decoders = DecodeWorkers(settings.decode_workers, settings.decode_cpu_s)
         limits = DecodeLimits(
             settings.max_image_bytes, settings.max_image_pixels, settings.max_jpeg_scans
         )

@@ -28,6 +28,9 @@ class DetectSettings(ServerSettings, OnnxSettings, ImageLimits):
     decode_workers: int = Field(
         2, ge=1, description="Processes decoding photos; a decode over its budget ends its own."
     )
-    decode_timeout_s: float = Field(
-        5.0, gt=0, description="Longest one photo's decode may take before it is refused."
+    decode_cpu_s: float = Field(
+        5.0,
+        gt=0,
+        description="CPU seconds one photo's decode may use before it is refused (whole "
+        "seconds are enforced, rounded up).",
     )

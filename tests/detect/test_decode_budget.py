@@ -90,15 +90,15 @@ async def test_a_scan_bomb_is_refused_and_ordinary_calls_keep_answering(
 async def test_a_slow_decode_ends_at_its_budget(
     start_service: Callable[..., ServiceProcess], photo: Callable[[str], bytes], scan_bomb: bytes
 ) -> None:
-    """Any format: the scan count let through, the decode budget stops the same photo."""
-    service = start_service("detect", DETECT_MAX_JPEG_SCANS="100000", DETECT_DECODE_TIMEOUT_S="1")
+    """Any format: the scan count let through, the CPU budget stops the same photo."""
+    service = start_service("detect", DETECT_MAX_JPEG_SCANS="100000", DETECT_DECODE_CPU_S="1")
     try:
         ordinary = photo("yaoming.jpg")
         baseline, beside, errors = await _beside_bombs(service.address, ordinary, scan_bomb, 1)
         (error,) = errors
         assert reason_of(error) == "image_too_complex"
         info = error_info(error)
-        assert info is not None and info.metadata["measure"] == "decode_seconds"
+        assert info is not None and info.metadata["measure"] == "decode_cpu_seconds"
         # One decode worker is busy with the bomb for its budget; the other one serves.
         assert max(beside) <= max(baseline) + 1.0, (baseline, beside)
     finally:
@@ -111,7 +111,7 @@ async def test_a_cancelled_call_frees_its_decode_worker(
     service = start_service(
         "detect",
         DETECT_MAX_JPEG_SCANS="100000",
-        DETECT_DECODE_TIMEOUT_S="600",
+        DETECT_DECODE_CPU_S="600",
         DETECT_DECODE_WORKERS="1",
     )
     try:
