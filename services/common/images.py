@@ -144,6 +144,15 @@ def decode_image(
     return DecodedImage(bgr=bgr, format=fmt, sha256=sha256, original_size=original)
 
 
+def header_pixels(data: bytes) -> int | None:
+    """Width x height from the header alone; None when no allowed format can read it."""
+    try:
+        with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
+            return int(image.width * image.height)
+    except Exception:  # The decode proper refuses it with a reason.
+        return None
+
+
 def shrink(decoded: DecodedImage, fit: int) -> DecodedImage:
     """`decoded` reduced by a whole factor, its longer side keeping at least `fit` pixels.
 

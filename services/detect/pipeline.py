@@ -27,7 +27,7 @@ from services.common.decode_workers import (
     decode_for_detection,
     decode_regions,
 )
-from services.common.images import DecodedImage
+from services.common.images import DecodedImage, decode_image, header_pixels
 from services.detect.detector import CROP_SIZE, FaceDetector, RawFace, align
 from services.detect.quality import face_quality
 
@@ -70,14 +70,21 @@ class DetectPipeline:
         model_threads: Executor,
         limits: DecodeLimits,
         fit: int,
+        inline_pixels: int,
     ) -> None:
         self.detector = detector
         self.decoders = decoders
         self.model_threads = model_threads
         self.limits = limits
         self.fit = fit
+        self.inline_pixels = inline_pixels
 
     async def run(self, data: bytes, options: DetectOptions) -> detect_pb2.DetectResponse:
+        pixels = header_pixels(data)
+        if pixels is not None and pixels <= self.inline_pixels:
+            # Small photos: with the scan limit their decode is short (pixels x scans), not
+            # worth a trip to a decode worker, and full size is what the detector needs.
+            return await self._in_thread(self._inline, data, options)
         async with self.decoders.session() as decoder:
             image = await decoder.call(decode_for_detection, data, self.limits, self.fit)
             faces = await self._in_thread(self._find, image, options)
@@ -92,6 +99,15 @@ class DetectPipeline:
         return await loop.run_in_executor(
             self.model_threads, contextvars.copy_context().run, function, *args
         )
+
+    def _inline(self, data: bytes, options: DetectOptions) -> detect_pb2.DetectResponse:
+        image = decode_image(
+            data,
+            self.limits.max_bytes,
+            self.limits.max_pixels,
+            max_jpeg_scans=self.limits.max_jpeg_scans,
+        )
+        return self._response(image, self._find(image, options), options.include_crops)
 
     def _find(self, image: DecodedImage, options: DetectOptions) -> list[Face]:
         """Faces in original pixels; crops cut here when the decode is fine enough for them."""

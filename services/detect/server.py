@@ -33,7 +33,12 @@ class DetectService(detect_pb2_grpc.DetectServiceServicer):
             settings.max_image_bytes, settings.max_image_pixels, settings.max_jpeg_scans
         )
         self._pipeline = DetectPipeline(
-            self.detector, self._decoders, self._pool, limits, settings.input_size
+            self.detector,
+            self._decoders,
+            self._pool,
+            limits,
+            settings.input_size,
+            settings.inline_decode_pixels,
         )
         self._ready = False
 

@@ -28,6 +28,12 @@ class DetectSettings(ServerSettings, OnnxSettings, ImageLimits):
     decode_workers: int = Field(
         2, ge=1, description="Processes decoding photos; a decode over its budget ends its own."
     )
+    inline_decode_pixels: int = Field(
+        4_000_000,
+        ge=0,
+        description="Photos up to this many pixels are decoded in the detecting thread (their "
+        "decode is bounded by pixels and JPEG scans); larger ones in the decode workers.",
+    )
     decode_cpu_s: float = Field(
         5.0,
         gt=0,
