@@ -229,7 +229,7 @@ class DecodeWorkers:
     async def _replace(self, worker: _Worker) -> None:
         worker.kill()
         fresh = _Worker(self.budget_s)
-        # Started before it serves: a request's budget is for decoding, not for imports.
+        # Ready before it serves: no request waits on a new worker's imports.
         await self._ready(fresh)
         self._idle.put_nowait(fresh)
 
