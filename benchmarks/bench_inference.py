@@ -1,13 +1,17 @@
 """Inference benchmark: in-process insightface, raw ONNX Runtime, and the gRPC services.
 
 Run with `make bench-inference`. Every row is measured in the same run on the same photos,
-so compare rows with each other, not with figures from another machine or day.
+so compare rows with each other, not with figures from another machine or day. Two photo
+sets: small photos of about one face each, and 12 MP phone photos (JPEG and HEIC, 1 to 22
+faces) generated from the same sample photos. `--baseline-tree DIR` also runs the services
+from another checkout (e.g. `git archive` of an older commit) in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import os
 import socket
 import statistics
@@ -16,6 +20,7 @@ import sys
 import time
 import warnings
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -26,9 +31,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from insightface.model_zoo.arcface_onnx import ArcFaceONNX
 from insightface.model_zoo.scrfd import SCRFD
 from insightface.utils import face_align
+from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
+from facescore.devtools.phone_photos import phone_photos
 from facescore.v1 import detect_pb2, detect_pb2_grpc, embed_pb2, embed_pb2_grpc
 from services.common.models import insightface_image, vectron_file
 
@@ -59,25 +66,37 @@ def summarize(latencies: list[float], wall: float, count: int) -> tuple[float, f
     return count / wall, statistics.median(ordered) * 1000, p99 * 1000
 
 
-def bench_in_process(photos: list[bytes], rounds: int) -> tuple[float, float, float]:
+def decode_in_process(data: bytes) -> np.ndarray:
+    """OpenCV, as insightface's users decode; Pillow for HEIC, which OpenCV cannot read."""
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        with Image.open(io.BytesIO(data)) as opened:
+            image = np.ascontiguousarray(np.asarray(opened.convert("RGB"))[:, :, ::-1])
+    return image
+
+
+def bench_in_process(
+    photos: list[bytes], rounds: int, concurrency: int = 1
+) -> tuple[float, float, float]:
+    """insightface in this process; `concurrency` threads share its two sessions."""
     detector = SCRFD(model_file=str(MODELS / "scrfd_500m_bnkps.onnx"))
     detector.prepare(0, input_size=(640, 640))
     recognizer = ArcFaceONNX(model_file=str(MODELS / "w600k_mbf.onnx"))
 
-    def one(data: bytes) -> None:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    def one(data: bytes) -> float:
+        t = time.perf_counter()
+        image = decode_in_process(data)
         _, landmarks = detector.detect(image, input_size=(640, 640))
         crops = [face_align.norm_crop(image, lm) for lm in landmarks]
         if crops:
             recognizer.get_feat(crops)
+        return time.perf_counter() - t
 
     one(photos[0])
-    latencies, started = [], time.perf_counter()
-    for _ in range(rounds):
-        for data in photos:
-            t = time.perf_counter()
-            one(data)
-            latencies.append(time.perf_counter() - t)
+    work = [data for _ in range(rounds) for data in photos]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        latencies = list(pool.map(one, work))
     return summarize(latencies, time.perf_counter() - started, len(latencies))
 
 
@@ -122,16 +141,34 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start(service: str, port: int) -> subprocess.Popen[bytes]:
+def start(service: str, port: int, tree: Path = REPO) -> subprocess.Popen[bytes]:
+    """`facescore serve SERVICE` from `tree` (this checkout, or a baseline's), our models."""
     env = {
         **os.environ,
         f"{service.upper()}_PORT": str(port),
         f"{service.upper()}_METRICS_PORT": "0",
         f"{service.upper()}_LOG_LEVEL": "warning",
+        f"{service.upper()}_MODEL_DIR": str(MODELS),
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "facescore.cli", "serve", service], cwd=REPO, env=env
+        [sys.executable, "-m", "facescore.cli", "serve", service], cwd=tree, env=env
     )
+
+
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its live children (detect's decode workers)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def wait_serving(address: str, timeout: float = 60) -> None:
@@ -184,63 +221,135 @@ async def bench_services(
         return summarize(latencies, time.perf_counter() - started, len(latencies))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=3, help="passes over the photos per row")
-    args = parser.parse_args()
-    console = Console(width=110)
-    photos = single_face_photos()
-    console.print(
-        f"{len(photos)} photos of about one face each, {args.rounds} passes per row, "
-        f"{os.cpu_count()} CPU cores"
-    )
-
-    table = Table(title="detect + align + embed, one photo at a time per client")
-    for column in ("pipeline", "concurrency", "images/s", "p50 ms", "p99 ms"):
-        table.add_column(column, justify="right" if column != "pipeline" else "left")
-    ips, p50, p99 = bench_in_process(photos, args.rounds)
-    table.add_row(
-        "in-process insightface (ORT default threads)",
-        "1",
-        f"{ips:.1f}",
-        f"{p50:.1f}",
-        f"{p99:.1f}",
-    )
-
+def services_rows(
+    table: Table,
+    label: str,
+    tree: Path,
+    photo_sets: dict[str, list[bytes]],
+    rounds: int,
+    cpu: Table,
+) -> dict[tuple[str, int], tuple[float, float, float]]:
+    """Rows for the services started from `tree`; CPU ms per photo of detect and embed."""
     detect_port, embed_port = free_port(), free_port()
-    processes = [start("detect", detect_port), start("embed", embed_port)]
+    processes = [start("detect", detect_port, tree), start("embed", embed_port, tree)]
+    results = {}
     try:
         wait_serving(f"127.0.0.1:{detect_port}")
         wait_serving(f"127.0.0.1:{embed_port}")
-        for concurrency in (1, 4):
-            ips, p50, p99 = asyncio.run(
-                bench_services(
-                    photos,
-                    args.rounds,
-                    concurrency,
-                    f"127.0.0.1:{detect_port}",
-                    f"127.0.0.1:{embed_port}",
+        for set_name, photos in photo_sets.items():
+            for concurrency in (1, 4):
+                before = [process_tree_cpu(p.pid) for p in processes]
+                stats = asyncio.run(
+                    bench_services(
+                        photos,
+                        rounds,
+                        concurrency,
+                        f"127.0.0.1:{detect_port}",
+                        f"127.0.0.1:{embed_port}",
+                    )
                 )
-            )
-            table.add_row(
-                "detect + embed services over gRPC",
-                str(concurrency),
-                f"{ips:.1f}",
-                f"{p50:.1f}",
-                f"{p99:.1f}",
-            )
+                spent = [
+                    process_tree_cpu(p.pid) - b for p, b in zip(processes, before, strict=True)
+                ]
+                calls = rounds * len(photos) + 1
+                results[(set_name, concurrency)] = stats
+                table.add_row(set_name, label, str(concurrency), *(f"{v:.1f}" for v in stats))
+                cpu.add_row(
+                    set_name,
+                    label,
+                    str(concurrency),
+                    *(f"{1000 * s / calls:.1f}" for s in spent),
+                )
     finally:
         for process in processes:
             process.terminate()
             process.wait(30)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3, help="passes over the photos per row")
+    parser.add_argument(
+        "--phone-rounds", type=int, default=1, help="passes over the phone photos per row"
+    )
+    parser.add_argument(
+        "--baseline-tree", type=Path, help="also run the services from this checkout"
+    )
+    args = parser.parse_args()
+    console = Console(width=120)
+    small = single_face_photos()
+    phones = phone_photos()
+    photo_sets = {
+        "small photos": small,
+        "12 MP JPEG": [p.data for p in phones if p.name.endswith("JPEG")],
+        "12 MP HEIC": [p.data for p in phones if p.name.endswith("HEIF")],
+    }
+    rounds = {"small photos": args.rounds}
+    console.print(
+        f"{len(small)} small photos of about one face each ({args.rounds} passes per row); "
+        f"{len(phones) // 2} phone photos of 4032x3024 in JPEG and in HEIC, with "
+        f"{', '.join(str(p.faces) for p in phones[::2])} faces ({args.phone_rounds} passes); "
+        f"{os.cpu_count()} CPU cores. The machine may be shared: compare rows of this run."
+    )
+
+    table = Table(title="detect + align + embed, calls in flight = concurrency")
+    for column in ("photos", "pipeline", "concurrency", "images/s", "p50 ms", "p99 ms"):
+        table.add_column(column, justify="left" if column in ("photos", "pipeline") else "right")
+    cpu = Table(title="CPU ms per photo, by service process (detect includes its decoders)")
+    for column in ("photos", "services", "concurrency", "detect", "embed"):
+        cpu.add_column(column, justify="left" if column in ("photos", "services") else "right")
+    library: dict[tuple[str, int], tuple[float, float, float]] = {}
+    for set_name, photos in photo_sets.items():
+        for concurrency in (1, 4):
+            stats = bench_in_process(photos, rounds.get(set_name, args.phone_rounds), concurrency)
+            library[(set_name, concurrency)] = stats
+            table.add_row(
+                set_name,
+                "in-process insightface (ORT default threads)",
+                str(concurrency),
+                *(f"{v:.1f}" for v in stats),
+            )
+    ours = {}
+    for label, tree in (("services over gRPC", REPO), ("baseline services", args.baseline_tree)):
+        if tree is None:
+            continue
+        for set_name, photos in photo_sets.items():
+            got = services_rows(
+                table,
+                label,
+                tree,
+                {set_name: photos},
+                rounds.get(set_name, args.phone_rounds),
+                cpu,
+            )
+            if tree == REPO:
+                ours.update(got)
     console.print(table)
+    console.print(cpu)
 
     raw = Table(title="raw ONNX Runtime, model time alone (ORT default threads)")
     raw.add_column("model")
     raw.add_column("per second", justify="right")
-    for what, rate in bench_raw_models(args.rounds):
+    rates = bench_raw_models(args.rounds)
+    for what, rate in rates:
         raw.add_row(what, f"{rate:.1f}")
     console.print(raw)
+
+    detector_rate, recognizer_rate = rates[0][1], rates[2][1]
+    bound = 1 / (1 / detector_rate + 1 / recognizer_rate)
+    console.print(
+        f"Model-time bound on the small photos (one face each): {bound:.1f} images/s; the "
+        f"services at concurrency 4 reach {ours[('small photos', 4)][0] / bound:.0%} of it."
+    )
+    small_p50 = ours[("small photos", 1)][1]
+    for set_name in ("12 MP JPEG", "12 MP HEIC"):
+        console.print(
+            f"{set_name}: services p50 at concurrency 1 is "
+            f"{ours[(set_name, 1)][1] / small_p50:.2f}x the small photos' p50; at concurrency "
+            f"4 the services do {ours[(set_name, 4)][0] / library[(set_name, 4)][0]:.2f}x "
+            "in-process insightface's throughput at concurrency 4."
+        )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ STATUS_OF_REASON = {
     "empty_image": 400,
     "corrupt_image": 400,
     "image_too_many_pixels": 400,
+    "image_too_complex": 400,
     "invalid_argument": 400,
     "invalid_crop": 400,
     "too_many_crops": 400,

@@ -23,6 +23,7 @@ class Reason(StrEnum):
     IMAGE_TOO_MANY_PIXELS = "image_too_many_pixels"
     UNSUPPORTED_IMAGE_FORMAT = "unsupported_image_format"
     CORRUPT_IMAGE = "corrupt_image"
+    IMAGE_TOO_COMPLEX = "image_too_complex"
     # Request validation.
     INVALID_ARGUMENT = "invalid_argument"
     INVALID_CROP = "invalid_crop"

@@ -65,12 +65,17 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
     """Request id, access log, metrics and error reasons for every unary call.
 
     `on_model_failed` hears of a model that failed for good (reason ``model_failed``) before
-    the caller does, so that health already says NOT_SERVING when the error arrives.
+    the caller does, so that health already says NOT_SERVING when the error arrives. No call
+    runs longer than `max_call_s`, whatever deadline its client sent: connection ageing
+    counts on that bound.
     """
 
     def __init__(
-        self, on_model_failed: Callable[[FaceScoreError], Awaitable[None]] | None = None
+        self,
+        max_call_s: float,
+        on_model_failed: Callable[[FaceScoreError], Awaitable[None]] | None = None,
     ) -> None:
+        self.max_call_s = max_call_s
         self._on_model_failed = on_model_failed
 
     async def intercept_service(
@@ -106,7 +111,15 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
                         f"the request is not a valid message: {request.error}",
                         metadata={"field": "request"},
                     )
-                return await behavior(request, context)
+                try:
+                    async with asyncio.timeout(self.max_call_s):
+                        return await behavior(request, context)
+                except TimeoutError:
+                    raise FaceScoreError(
+                        Reason.DEADLINE_EXCEEDED,
+                        f"the call ran longer than this server's limit of {self.max_call_s} s",
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                    ) from None
             except FaceScoreError as error:
                 code, reason = error.code.name, str(error.reason)
                 if error.reason == Reason.MODEL_FAILED and self._on_model_failed is not None:
@@ -156,12 +169,18 @@ def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
 SERVER_BIND_OPTIONS = [("grpc.so_reuseport", 0)]
 
 
-# Clients re-resolve DNS only when a connection closes: closing each connection after a while
-# lets round_robin clients find replicas added since (scale-out, autoscaling).
-SERVER_CONNECTION_OPTIONS = [
-    ("grpc.max_connection_age_ms", 30_000),
-    ("grpc.max_connection_age_grace_ms", 10_000),
-]
+def connection_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    """Connection ageing that never cuts a call inside its deadline.
+
+    Clients re-resolve DNS only when a connection closes: closing each connection after a
+    while lets round_robin clients find replicas added since (scale-out, autoscaling). A call
+    that starts just before the close may run for `max_call_s` (the interceptor ends it
+    then), so the grace after the close is that long plus a second for the reply to travel.
+    """
+    return [
+        ("grpc.max_connection_age_ms", round(settings.max_connection_age_s * 1000)),
+        ("grpc.max_connection_age_grace_ms", round((settings.max_call_s + 1) * 1000)),
+    ]
 
 
 async def serve(
@@ -184,9 +203,9 @@ async def serve(
             await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     server = grpc.aio.server(
-        interceptors=[ObservabilityInterceptor(model_failed)],
+        interceptors=[ObservabilityInterceptor(settings.max_call_s, model_failed)],
         options=grpc_options(settings.max_message_bytes)
-        + SERVER_CONNECTION_OPTIONS
+        + connection_options(settings)
         + SERVER_BIND_OPTIONS,
     )
     service.register(server)

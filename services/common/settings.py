@@ -61,6 +61,18 @@ class ServerSettings(BaseSettings):
     grace_period_s: float = Field(
         10.0, description="On SIGTERM, how long in-flight calls may take to finish."
     )
+    max_connection_age_s: float = Field(
+        30.0,
+        gt=0,
+        description="Connections close after about this long, so clients re-resolve DNS and "
+        "find new replicas.",
+    )
+    max_call_s: float = Field(
+        60.0,
+        gt=0,
+        description="Longest a call may run; a longer client deadline is cut to this. A "
+        "connection closed for age lets its calls in flight run this long.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Lowest level logged: debug, info, warning or error."
     )
@@ -138,4 +150,10 @@ class ImageLimits(BaseSettings):
         40_000_000,
         gt=0,
         description="Largest photo in pixels (width x height), read from the header.",
+    )
+    max_jpeg_scans: int = Field(
+        100,
+        ge=1,
+        description="Most scans a JPEG may have, counted before decoding; progressive photos "
+        "have about 10, a decompression bomb thousands.",
     )

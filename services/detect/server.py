@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -11,12 +10,12 @@ import grpc
 import structlog
 
 from facescore.v1 import common_pb2, detect_pb2, detect_pb2_grpc
+from services.common.decode_workers import DecodeLimits, DecodeWorkers
 from services.common.errors import FaceScoreError, Reason
-from services.common.images import decode_image
 from services.common.logging import configure_logging
 from services.common.server import serve
-from services.detect.detector import FaceDetector, align
-from services.detect.quality import face_quality
+from services.detect.detector import FaceDetector
+from services.detect.pipeline import DetectOptions, DetectPipeline
 from services.detect.settings import DetectSettings
 
 log = structlog.get_logger(__name__)
@@ -29,6 +28,18 @@ class DetectService(detect_pb2_grpc.DetectServiceServicer):
         self.settings = settings
         self.detector = FaceDetector(settings)
         self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="detect")
+        self._decoders = DecodeWorkers(settings.decode_workers, settings.decode_cpu_s)
+        limits = DecodeLimits(
+            settings.max_image_bytes, settings.max_image_pixels, settings.max_jpeg_scans
+        )
+        self._pipeline = DetectPipeline(
+            self.detector,
+            self._decoders,
+            self._pool,
+            limits,
+            settings.input_size,
+            settings.inline_decode_pixels,
+        )
         self._ready = False
 
     def register(self, server: grpc.aio.Server) -> None:
@@ -36,11 +47,14 @@ class DetectService(detect_pb2_grpc.DetectServiceServicer):
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self._decoders.start()
         await loop.run_in_executor(self._pool, self.detector.load)
         await loop.run_in_executor(self._pool, self.detector.warm_up)
+        await self._decoders.warm_up()
         self._ready = True
 
     async def stop(self) -> None:
+        self._decoders.stop()
         self._pool.shutdown(wait=True)
 
     def details(self) -> dict[str, Any]:
@@ -88,49 +102,8 @@ class DetectService(detect_pb2_grpc.DetectServiceServicer):
                     metadata={"field": "min_face_size"},
                 )
             min_size = request.min_face_size
-        loop = asyncio.get_running_loop()
-        # copy_context: the worker thread logs with this call's request id.
-        return await loop.run_in_executor(
-            self._pool,
-            contextvars.copy_context().run,
-            self._detect,
-            request.image,
-            threshold,
-            max_faces,
-            min_size,
-            request.include_crops,
-        )
-
-    def _detect(
-        self, data: bytes, threshold: float, max_faces: int, min_size: int, include_crops: bool
-    ) -> detect_pb2.DetectResponse:
-        image = decode_image(data, self.settings.max_image_bytes, self.settings.max_image_pixels)
-        response = detect_pb2.DetectResponse(
-            image=common_pb2.ImageInfo(
-                width=image.width, height=image.height, format=image.format, sha256=image.sha256
-            ),
-            model=self.detector.model_info(),
-        )
-        for raw in self.detector.detect(image.bgr, threshold, max_faces, min_size):
-            crop = align(image.bgr, raw.landmarks)
-            face = response.faces.add(
-                box=common_pb2.BoundingBox(
-                    x1=float(raw.box[0]),
-                    y1=float(raw.box[1]),
-                    x2=float(raw.box[2]),
-                    y2=float(raw.box[3]),
-                ),
-                score=raw.score,
-                landmarks=[common_pb2.Point(x=float(x), y=float(y)) for x, y in raw.landmarks],
-                quality=face_quality(raw.box, raw.landmarks, crop),
-            )
-            if include_crops:
-                face.crop.CopyFrom(
-                    common_pb2.AlignedCrop(
-                        width=crop.shape[1], height=crop.shape[0], bgr=crop.tobytes()
-                    )
-                )
-        return response
+        options = DetectOptions(threshold, max_faces, min_size, request.include_crops)
+        return await self._pipeline.run(request.image, options)
 
     def _require_ready(self) -> None:
         if not self._ready:

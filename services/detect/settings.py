@@ -25,3 +25,18 @@ class DetectSettings(ServerSettings, OnnxSettings, ImageLimits):
         0, ge=0, description="Faces whose shorter box side is below this many pixels are dropped."
     )
     workers: int = Field(1, ge=1, description="Photos detected in parallel (threads).")
+    decode_workers: int = Field(
+        2, ge=1, description="Processes decoding photos; a decode over its budget ends its own."
+    )
+    inline_decode_pixels: int = Field(
+        4_000_000,
+        ge=0,
+        description="Photos up to this many pixels are decoded in the detecting thread (their "
+        "decode is bounded by pixels and JPEG scans); larger ones in the decode workers.",
+    )
+    decode_cpu_s: float = Field(
+        5.0,
+        gt=0,
+        description="CPU seconds one photo's decode may use before it is refused (whole "
+        "seconds are enforced, rounded up).",
+    )

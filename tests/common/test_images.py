@@ -16,7 +16,7 @@ import pytest
 from PIL import Image, ImageFile, features
 
 from services.common.errors import FaceScoreError, Reason
-from services.common.images import DecodedImage, decode_image
+from services.common.images import DecodedImage, decode_image, jpeg_scan_count, shrink
 from tests.pngs import dense_bomb, png_from_chunks
 
 MAX_BYTES = 20 * 1024 * 1024
@@ -431,3 +431,47 @@ def test_damaged_bytes_never_raise_anything_but_facescore_errors(fmt: str) -> No
             }
         else:
             assert decoded.bgr.dtype == np.uint8 and decoded.bgr.shape[2] == 3
+
+
+def test_jpeg_scans_are_counted_from_the_markers() -> None:
+    with Image.open(io.BytesIO(T1_JPEG)) as image:
+        progressive = encode(image.convert("RGB"), "JPEG", progressive=True)
+    assert jpeg_scan_count(T1_JPEG, 100) == 1
+    assert 5 <= jpeg_scan_count(progressive, 100) <= 20
+    # The decoder decodes it as ever: the count only refuses what repeats scans by the hundred.
+    assert decode(progressive).format == "JPEG"
+
+
+def test_too_many_jpeg_scans_are_refused_before_decoding() -> None:
+    with Image.open(io.BytesIO(T1_JPEG)) as image:
+        progressive = encode(image.convert("RGB"), "JPEG", progressive=True)
+    last = progressive.rindex(b"\xff\xda")
+    repeated = progressive[:last] + progressive[last:-2] * 50 + b"\xff\xd9"
+    with pytest.raises(FaceScoreError) as refused:
+        decode_image(repeated, MAX_BYTES, MAX_PIXELS, max_jpeg_scans=40)
+    assert refused.value.reason == Reason.IMAGE_TOO_COMPLEX
+    assert refused.value.metadata["measure"] == "jpeg_scans"
+
+
+def test_a_jpeg_decodes_at_the_scale_asked_with_its_original_size(t1_small: Image.Image) -> None:
+    big = t1_small.resize((2560, 1768))
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6  # stored turned: shown 1768 wide, 2560 high
+    data = encode(big, "JPEG", quality=95, exif=exif.tobytes())
+    scaled = decode_image(data, MAX_BYTES, MAX_PIXELS, fit=640)
+    assert (scaled.original_width, scaled.original_height) == (1768, 2560)
+    assert (scaled.width, scaled.height) == (442, 640)  # 1/4: the smallest DCT scale >= 640
+    full = decode_image(data, MAX_BYTES, MAX_PIXELS)
+    assert full.scale == (1.0, 1.0)
+    reduced = np.asarray(Image.fromarray(full.bgr).reduce(4), np.int16)
+    assert np.abs(scaled.bgr.astype(np.int16) - reduced).mean() < 3
+    at_least_half = decode_image(data, MAX_BYTES, MAX_PIXELS, fit=640, min_scale=0.5)
+    assert (at_least_half.width, at_least_half.height) == (884, 1280)
+
+
+def test_formats_without_dct_scaling_shrink_by_a_box_filter(t1_small: Image.Image) -> None:
+    decoded = decode(encode(t1_small.resize((1920, 1326)), "PNG"))
+    small = shrink(decoded, 640)
+    assert (small.width, small.height) == (640, 442)
+    assert (small.original_width, small.original_height) == (1920, 1326)
+    assert small.sha256 == decoded.sha256

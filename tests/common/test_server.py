@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from facescore.v1 import common_pb2, detect_pb2, detect_pb2_grpc, embed_pb2, embed_pb2_grpc
+from services.common.errors import reason_of
 from services.common.logging import REQUEST_ID_HEADER, RequestIdClientInterceptor
 from services.common.server import serve
 from services.common.settings import ServerSettings
@@ -46,6 +47,47 @@ class GatedService:
 
     def details(self) -> dict[str, Any]:
         return {}
+
+
+class HeldService:
+    """A service whose one method, Hold, answers only when the test releases it."""
+
+    service_name = "facescore.test.Held"
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    def register(self, server: grpc.aio.Server) -> None:
+        async def hold(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            self.started.set()
+            await self.release.wait()
+            return b"done"
+
+        handler = grpc.method_handlers_generic_handler(
+            self.service_name, {"Hold": grpc.unary_unary_rpc_method_handler(hold)}
+        )
+        server.add_generic_rpc_handlers((handler,))
+
+    async def start(self) -> None:
+        """Nothing to load."""
+
+    async def stop(self) -> None:
+        """Nothing to release."""
+
+    def details(self) -> dict[str, Any]:
+        return {}
+
+
+async def _wait_serving(address: str) -> None:
+    for _ in range(100):
+        try:
+            if await _status(address) == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.aio.AioRpcError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{address} never turned SERVING")
 
 
 async def _status(address: str, service: str = "") -> int:
@@ -219,3 +261,60 @@ def test_check_ports_names_a_taken_port() -> None:
     assert taken.returncode == 1
     assert f"already in use: 127.0.0.1:{ports['EMBED_PORT']} (embed)." in taken.stderr
     assert taken.stderr.count("error:") == 1
+
+
+async def test_a_call_outlives_its_connections_age() -> None:
+    """A connection closed for age lets a call in flight finish inside its deadline.
+
+    The servers used to close connections 30 s old with 10 s grace, cutting calls that the
+    gateway (30 s) and score (up to 60 s) still waited for. Scaled down here: the connection
+    ages out after 0.2 s and the call runs on for a second after the client saw it go.
+    """
+    service = HeldService()
+    settings = ServerSettings(
+        port=free_port(), metrics_port=0, grace_period_s=1, max_connection_age_s=0.2, max_call_s=5
+    )
+    address = f"127.0.0.1:{settings.port}"
+    stopping = asyncio.Event()
+    server = asyncio.create_task(serve(service, settings, stopping))
+    try:
+        await _wait_serving(address)
+        async with grpc.aio.insecure_channel(address) as channel:
+            hold = channel.unary_unary(f"/{service.service_name}/Hold")
+            call = asyncio.ensure_future(hold(b"", timeout=10))
+            await service.started.wait()
+            # The server's GOAWAY turns the channel IDLE while the call is still in flight.
+            state = channel.get_state()
+            while state != grpc.ChannelConnectivity.IDLE:
+                await channel.wait_for_state_change(state)
+                state = channel.get_state()
+            assert not call.done()
+            await asyncio.sleep(1.0)  # five connection ages: the call is legitimately long
+            service.release.set()
+            assert await call == b"done"
+    finally:
+        stopping.set()
+        assert await asyncio.wait_for(server, 10) == 0
+
+
+async def test_no_call_runs_past_the_servers_limit() -> None:
+    """Connection ageing counts on this bound: a longer client deadline is cut to max_call_s."""
+    service = HeldService()
+    settings = ServerSettings(port=free_port(), metrics_port=0, grace_period_s=1, max_call_s=0.3)
+    address = f"127.0.0.1:{settings.port}"
+    stopping = asyncio.Event()
+    server = asyncio.create_task(serve(service, settings, stopping))
+    try:
+        await _wait_serving(address)
+        async with grpc.aio.insecure_channel(address) as channel:
+            hold = channel.unary_unary(f"/{service.service_name}/Hold")
+            try:
+                await hold(b"", timeout=30)
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                assert reason_of(error) == "deadline_exceeded"
+            else:
+                raise AssertionError("the held call was not ended")
+    finally:
+        stopping.set()
+        assert await asyncio.wait_for(server, 10) == 0

@@ -1,0 +1,254 @@
+"""Photo decoding in worker processes, each call within a CPU-time budget.
+
+A decode runs in C and cannot be interrupted from Python: a hostile photo decoded in a thread
+holds that thread until libjpeg (or libheif, libpng, ...) is done, whatever happened to the call
+that asked. In a process it can be ended: the kernel stops a worker that spends more CPU
+seconds than the budget on one call (RLIMIT_CPU), and a call cancelled by its client kills its
+worker; a fresh one takes its place. The budget counts CPU time, not wall time, so a busy
+machine slows decodes without failing them.
+
+A request holds one worker for all its decodes (`session`): the worker keeps the photo it
+decoded last, so cropping faces from the full-size pixels of a format without DCT scaling
+does not decode it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import multiprocessing
+import multiprocessing.connection
+import resource
+import signal
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from services.common.errors import FaceScoreError, Reason
+from services.common.images import JPEG_SCALES, DecodedImage, decode_image, shrink
+
+# spawn, not fork: the parent runs gRPC and ONNX Runtime threads, which fork would copy mid-state.
+_CONTEXT = multiprocessing.get_context("spawn")
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    max_bytes: int
+    max_pixels: int
+    max_jpeg_scans: int
+
+
+@dataclass(frozen=True, eq=False)
+class Region:
+    """A rectangle of the photo decoded at `scale` (decoded px per original px)."""
+
+    bgr: npt.NDArray[np.uint8]
+    origin: tuple[float, float]  # top-left corner, in original pixels
+    scale: tuple[float, float]
+
+
+@dataclass
+class _Held:
+    """The photo of this worker's current request: its bytes and, for formats without DCT
+    scaling, its full-size decode, so the request's crops need neither sent nor decoded again."""
+
+    data: bytes = b""
+    full: DecodedImage | None = None
+
+
+_held = _Held()
+
+
+def decode_for_detection(data: bytes, limits: DecodeLimits, fit: int) -> DecodedImage:
+    """The photo at the smallest scale whose longer side keeps `fit` pixels."""
+    global _held
+    _held = _Held(data)
+    decoded = _decode(data, limits, fit=fit)
+    if decoded.scale != (1.0, 1.0):
+        return decoded  # decoded small by DCT scaling
+    _held.full = decoded  # the full decode is made anyway: keep it for the crops
+    return shrink(decoded, fit)
+
+
+def decode_regions(
+    limits: DecodeLimits, min_scale: float, boxes: list[tuple[float, float, float, float]]
+) -> list[Region]:
+    """`boxes` (x1, y1, x2, y2 in original pixels) of the photo `decode_for_detection` had,
+    cut from a decode of at least `min_scale`."""
+    decoded = _held.full
+    if decoded is None:
+        scale = next((s for s in JPEG_SCALES if s >= min_scale), 1.0)
+        decoded = _decode(_held.data, limits, fit=1, min_scale=scale)
+    sx, sy = decoded.scale
+    regions = []
+    for x1, y1, x2, y2 in boxes:
+        left, top = max(0, int(x1 * sx)), max(0, int(y1 * sy))
+        right = min(decoded.width, int(np.ceil(x2 * sx)))
+        bottom = min(decoded.height, int(np.ceil(y2 * sy)))
+        pixels = np.ascontiguousarray(decoded.bgr[top : max(top, bottom), left : max(left, right)])
+        regions.append(Region(bgr=pixels, origin=(left / sx, top / sy), scale=(sx, sy)))
+    return regions
+
+
+def _decode(
+    data: bytes, limits: DecodeLimits, fit: int | None = None, min_scale: float = 0.0
+) -> DecodedImage:
+    return decode_image(
+        data,
+        limits.max_bytes,
+        limits.max_pixels,
+        max_jpeg_scans=limits.max_jpeg_scans,
+        fit=fit,
+        min_scale=min_scale,
+    )
+
+
+def _ping() -> bool:
+    return True
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _worker_main(conn: multiprocessing.connection.Connection, budget_s: float) -> None:
+    """A worker's loop: run each function sent, answer its result or its refusal."""
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    while True:
+        try:
+            function, args = conn.recv()
+        except (EOFError, OSError):
+            return
+        # SIGXCPU, whose default action ends the process, once this call has used its budget.
+        soft = math.ceil(_cpu_seconds() + budget_s)
+        resource.setrlimit(resource.RLIMIT_CPU, (soft if hard < 0 else min(soft, hard), hard))
+        try:
+            answer: tuple[str, Any] = ("ok", function(*args))
+        except FaceScoreError as error:
+            answer = ("refused", (str(error.reason), error.message, error.metadata))
+        except Exception as error:  # Reported to the parent, which logs it as internal.
+            answer = ("failed", f"{type(error).__name__}: {error}")
+        conn.send(answer)
+
+
+class _Worker:
+    def __init__(self, budget_s: float) -> None:
+        self.conn, child = _CONTEXT.Pipe()
+        self.process = _CONTEXT.Process(target=_worker_main, args=(child, budget_s), daemon=True)
+        self.process.start()
+        child.close()
+
+    def call(self, function: Callable[..., Any], args: tuple[Any, ...]) -> tuple[str, Any]:
+        self.conn.send((function, args))
+        try:
+            answer: tuple[str, Any] = self.conn.recv()
+        except EOFError:
+            self.process.join()
+            if self.process.exitcode == -signal.SIGXCPU:
+                return ("over_budget", None)
+            raise
+        return answer
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.join()
+        self.conn.close()
+
+
+class DecodeSession:
+    """One request's decodes, on one worker."""
+
+    def __init__(self, workers: DecodeWorkers, worker: _Worker) -> None:
+        self._workers = workers
+        self._worker = worker
+        self.busy = False
+
+    async def call(self, function: Callable[..., Any], *args: Any) -> Any:
+        """`function(*args)` in the worker, within the budget; refusals raise FaceScoreError.
+
+        Cancelled (a deadline, a client gone), the call leaves `busy` set: the session kills
+        the worker mid-decode.
+        """
+        loop = asyncio.get_running_loop()
+        self.busy = True
+        kind, value = await loop.run_in_executor(
+            self._workers.threads, self._worker.call, function, args
+        )
+        if kind == "over_budget":
+            raise FaceScoreError(
+                Reason.IMAGE_TOO_COMPLEX,
+                f"decoding the image took more than {self._workers.budget_s} s of CPU time",
+                metadata={"limit": str(self._workers.budget_s), "measure": "decode_cpu_seconds"},
+            )
+        self.busy = kind == "over_budget"
+        if kind == "refused":
+            reason, message, metadata = value
+            raise FaceScoreError(
+                Reason(reason), message, grpc.StatusCode.INVALID_ARGUMENT, metadata
+            )
+        if kind == "failed":
+            raise RuntimeError(f"decode worker failed: {value}")
+        return value
+
+
+class DecodeWorkers:
+    """`count` worker processes; a request waits for a free one."""
+
+    def __init__(self, count: int, budget_s: float) -> None:
+        self.budget_s = budget_s
+        # One thread per worker waits on its pipe, apart from the threads that run models.
+        self.threads = ThreadPoolExecutor(count, thread_name_prefix="decode-wait")
+        self._count = count
+        self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
+        self._replacing: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        for _ in range(self._count):
+            self._idle.put_nowait(_Worker(self.budget_s))
+
+    async def warm_up(self) -> None:
+        """One call through every worker, so none pays its imports on a request."""
+        workers = [await self._idle.get() for _ in range(self._count)]
+        try:
+            await asyncio.gather(*(self._ready(worker) for worker in workers))
+        finally:
+            for worker in workers:
+                self._idle.put_nowait(worker)
+
+    async def _ready(self, worker: _Worker) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.threads, worker.call, _ping, ())
+
+    async def _replace(self, worker: _Worker) -> None:
+        worker.kill()
+        fresh = _Worker(self.budget_s)
+        # Ready before it serves: no request waits on a new worker's imports.
+        await self._ready(fresh)
+        self._idle.put_nowait(fresh)
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[DecodeSession]:
+        worker = await self._idle.get()
+        session = DecodeSession(self, worker)
+        try:
+            yield session
+        finally:
+            if session.busy or not worker.process.is_alive():
+                # Over budget, cancelled or crashed mid-decode: the worker's state is unknown.
+                replacing = asyncio.create_task(self._replace(worker))
+                self._replacing.add(replacing)
+                replacing.add_done_callback(self._replacing.discard)
+            else:
+                self._idle.put_nowait(worker)
+
+    def stop(self) -> None:
+        while not self._idle.empty():
+            self._idle.get_nowait().kill()
+        self.threads.shutdown(wait=False, cancel_futures=True)

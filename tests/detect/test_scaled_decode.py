@@ -1,0 +1,121 @@
+"""12 MP phone photos decoded at the detector's scale give the faces and embeddings of a
+full-size decode: boxes and landmarks in the photo's own pixels, EXIF orientation applied."""
+
+from __future__ import annotations
+
+import io
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+
+from facescore.devtools.phone_photos import ROTATED_90, encode, phone_frame, sample_sources
+from facescore.v1 import common_pb2, detect_pb2, detect_pb2_grpc, embed_pb2, embed_pb2_grpc
+from services.common.images import decode_image
+from services.detect.detector import FaceDetector, align
+from services.detect.settings import DetectSettings
+from tests.conftest import ServiceProcess
+
+LIMITS = (20 * 1024 * 1024, 40_000_000)
+# Faces this big or bigger: the scaled path must give the embedding of the full-size decode.
+FULL_DETAIL_PX = 112
+
+
+@pytest.fixture(scope="module")
+def full_size_detector() -> FaceDetector:
+    detector = FaceDetector(DetectSettings())
+    detector.load()
+    return detector
+
+
+def _detect(service: ServiceProcess, data: bytes) -> detect_pb2.DetectResponse:
+    with grpc.insecure_channel(service.address) as channel:
+        stub = detect_pb2_grpc.DetectServiceStub(channel)
+        return stub.Detect(detect_pb2.DetectRequest(image=data, include_crops=True), timeout=60)
+
+
+def _embed(service: ServiceProcess, crops: list[bytes]) -> np.ndarray:
+    with grpc.insecure_channel(service.address) as channel:
+        stub = embed_pb2_grpc.EmbedServiceStub(channel)
+        request = embed_pb2.EmbedRequest(
+            crops=[common_pb2.AlignedCrop(width=112, height=112, bgr=c) for c in crops]
+        )
+        reply = stub.Embed(request, timeout=60)
+    return np.array([list(e.values) for e in reply.embeddings])
+
+
+def _compare(
+    detect_service: ServiceProcess,
+    embed_service: ServiceProcess,
+    detector: FaceDetector,
+    data: bytes,
+    size: tuple[int, int],
+) -> int:
+    """Asserts the scaled path matches the full one; returns how many faces were compared.
+
+    The detector sees a 640-pixel image either way, resized from a different decode, so its
+    landmarks move by a pixel or two at that scale: a few pixels in the photo, enough to turn
+    embeddings by up to 0.02 cosine, whatever the decode. So landmarks are compared with a
+    tolerance, and crops with the same landmarks: that is what the decode scale changes.
+    """
+    response = _detect(detect_service, data)
+    assert (response.image.width, response.image.height) == size
+    full = decode_image(data, *LIMITS)
+    reference = detector.detect(full.bgr, 0.5)
+    assert len(response.faces) == len(reference)
+    ours = [np.array([[p.x, p.y] for p in f.landmarks], np.float32) for f in response.faces]
+    full_crops = [align(full.bgr, landmarks).tobytes() for landmarks in ours]
+    ours_vectors = _embed(embed_service, [f.crop.bgr for f in response.faces])
+    full_vectors = _embed(embed_service, full_crops)
+    compared = 0
+    for face in reference:
+        j = int(np.argmin([np.abs(landmarks - face.landmarks).max() for landmarks in ours]))
+        # Landmarks in the photo's own pixels, EXIF orientation applied.
+        assert np.abs(ours[j] - face.landmarks).max() <= 0.04 * face.shorter_side
+        box = response.faces[j].box
+        assert np.abs([box.x1, box.y1, box.x2, box.y2] - face.box).max() <= 0.06 * max(
+            face.shorter_side, 50
+        )
+        if face.shorter_side >= FULL_DETAIL_PX:
+            cosine = float(ours_vectors[j] @ full_vectors[j])
+            assert cosine >= 0.99, (face.shorter_side, cosine)
+            compared += 1
+    return compared
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt"), [("yaoming.jpg", "JPEG"), ("t1.jpg", "JPEG"), ("t1.jpg", "HEIF")]
+)
+def test_phone_photo_matches_the_full_size_decode(
+    detect_service: ServiceProcess,
+    embed_service: ServiceProcess,
+    full_size_detector: FaceDetector,
+    name: str,
+    fmt: str,
+) -> None:
+    """JPEG by DCT scaling; HEIC, which cannot scale, shrunk from the full decode."""
+    with Image.open(sample_sources()[name][0]) as source:
+        frame = phone_frame(source)
+    # Portrait frames are stored turned, with EXIF orientation 6, as phones store them.
+    orientation = ROTATED_90 if frame.height > frame.width else 1
+    data = encode(frame, fmt, orientation)
+    compared = _compare(detect_service, embed_service, full_size_detector, data, frame.size)
+    assert compared >= 1
+
+
+def test_small_faces_are_cropped_from_a_finer_decode(
+    detect_service: ServiceProcess,
+    embed_service: ServiceProcess,
+    full_size_detector: FaceDetector,
+) -> None:
+    """t1's faces at their own size on a 12 MP frame: 1/4 scale would leave them ~30 px."""
+    canvas = Image.new("RGB", (4032, 3024), (90, 100, 110))
+    with Image.open(sample_sources()["t1.jpg"][0]) as source:
+        canvas.paste(source.convert("RGB").resize((2560, 1772)), (700, 600))
+    buffer = io.BytesIO()
+    canvas.save(buffer, "JPEG", quality=92)
+    compared = _compare(
+        detect_service, embed_service, full_size_detector, buffer.getvalue(), canvas.size
+    )
+    assert compared >= 3
