@@ -51,6 +51,8 @@ const MESSAGES = {
   corrupt_image: () => "This photo is damaged or incomplete and could not be read.",
   empty_image: () => "The file is empty.",
   image_too_many_pixels: () => "This photo has too many pixels. Resize it and try again.",
+  image_too_complex: () =>
+    "This photo is encoded in an unusually complex way. Save it again as an ordinary JPEG and try again.",
   invalid_metadata: () => 'Metadata must be a JSON object, for example {"team": "research"}.',
   invalid_argument: (p) =>
     p.field ? `The value of “${p.field}” is not valid.` : "A value in the request is not valid.",
