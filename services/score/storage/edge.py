@@ -17,8 +17,8 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager, suppress
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
@@ -37,6 +37,7 @@ from services.score.storage.engine import (
     SearchTuning,
     Where,
 )
+from services.score.storage.gate import Gate
 
 SPEC_FILE = "collection.json"
 SHARD_DIR = "shard"
@@ -487,6 +488,34 @@ class EdgeEngine:
             self._shards[name] = await self._run(qe.EdgeShard.load, str(folder / SHARD_DIR))
         shutil.rmtree(folder / OLD_DIR, ignore_errors=True)
 
+    async def snapshot(
+        self,
+        target: Path,
+        paused: Callable[[], AbstractAsyncContextManager[None]],
+        while_paused: Callable[[], Awaitable[None]],
+    ) -> list[str]:
+        """Copy every collection (its spec and shard) to the new folder `target` while calls
+        go on; returns the collections copied.
+
+        Consistent: an index build in progress finishes first and none starts meanwhile (a
+        swap changes the files under the copy); then, inside `paused` (the caller's writes
+        held back), every shard is flushed and copied, and `while_paused` runs (to count
+        what the copy holds). The copy is written under a temporary name and renamed."""
+        if target.exists():
+            raise FileExistsError(f"{target} exists; a snapshot goes to a new folder")
+        staging = target.with_name(f".{target.name}.partial")
+        try:
+            async with self._rebuilding, paused():
+                names = await self.collections()
+                await self.flush()
+                await asyncio.to_thread(copy_collections, self.root, staging, names)
+                await while_paused()
+            os.rename(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return names
+
     async def settled(self) -> None:
         """Return once the background indexer has built what the writes so far called for."""
         while self._indexer is not None and not self._indexer.done():
@@ -512,6 +541,21 @@ def recover(folder: Path) -> None:
     shutil.rmtree(folder / BUILD_DIR, ignore_errors=True)
 
 
+def copy_collections(root: Path, target: Path, names: Sequence[str]) -> None:
+    """The specs and shards of `names`, copied to `target`."""
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    leftovers = {BUILD_DIR, NEXT_DIR, OLD_DIR, f"{SPEC_FILE}.tmp"}
+    for name in names:
+        folder = root / name
+
+        def rebuilds(where: str, files: list[str], folder: Path = folder) -> list[str]:
+            # What an index build leaves beside the shard is not part of the collection.
+            return [f for f in files if Path(where) == folder and f in leftovers]
+
+        shutil.copytree(folder, target / name, ignore=rebuilds)
+
+
 def _operation(op: tuple[str, Any]) -> qe.UpdateOperation:
     kind, args = op
     if kind == "upsert":
@@ -521,42 +565,6 @@ def _operation(op: tuple[str, Any]) -> qe.UpdateOperation:
     selector = edge_filter(args)
     assert selector is not None
     return qe.UpdateOperation.delete_points_by_filter(selector)
-
-
-class Gate:
-    """Many calls at once, or one swap alone."""
-
-    def __init__(self) -> None:
-        self._calls = 0
-        self._swapping = False
-        self._changed = asyncio.Condition()
-
-    @asynccontextmanager
-    async def shared(self) -> AsyncIterator[None]:
-        if self._swapping:
-            async with self._changed:
-                await self._changed.wait_for(lambda: not self._swapping)
-        self._calls += 1
-        try:
-            yield
-        finally:
-            self._calls -= 1
-            if self._swapping:  # the swap waits for the last call in flight
-                async with self._changed:
-                    self._changed.notify_all()
-
-    @asynccontextmanager
-    async def exclusive(self) -> AsyncIterator[None]:
-        async with self._changed:
-            await self._changed.wait_for(lambda: not self._swapping)
-            self._swapping = True
-            await self._changed.wait_for(lambda: self._calls == 0)
-        try:
-            yield
-        finally:
-            async with self._changed:
-                self._swapping = False
-                self._changed.notify_all()
 
 
 @contextmanager
