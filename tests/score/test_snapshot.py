@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 
 from services.score.settings import ScoreSettings
-from services.score.storage import GalleryStore, ModelIdentity, Point, face_id, open_store
+from services.score.storage import (
+    GalleryStore,
+    ModelIdentity,
+    Point,
+    StorageInUse,
+    face_id,
+    open_store,
+)
+from services.score.storage.edge import OLD_DIR, held
 
 DIM = 32
 IDENTITY = ModelIdentity("test", "0" * 64, DIM)
@@ -103,5 +111,23 @@ async def test_a_snapshot_folder_is_new_and_whole(tmp_path: Path) -> None:
             await store.snapshot(tmp_path / "snap")
         await enroll(store, "g", "b", 2)  # writes go on after a failed snapshot too
         assert await store.count_faces(gallery="g") == 2
+    finally:
+        await store.close()
+
+
+async def test_held_refuses_a_running_store_without_touching_a_swap_in_progress(
+    tmp_path: Path,
+) -> None:
+    """An admin command run beside score (held() finds it holding the store) must not finish
+    a swap that score itself is making (what a rebuild leaves until it deletes it)."""
+    store = await open_at(tmp_path)
+    try:
+        first = sorted([store.collection, store.registry])[0]
+        old = tmp_path / "edge" / first / OLD_DIR
+        old.mkdir()
+        (old / "segment").write_text("the replaced shard, being deleted by score")
+        with pytest.raises(StorageInUse), held(tmp_path / "edge"):
+            pass
+        assert (old / "segment").is_file()
     finally:
         await store.close()

@@ -567,6 +567,10 @@ def _operation(op: tuple[str, Any]) -> qe.UpdateOperation:
     return qe.UpdateOperation.delete_points_by_filter(selector)
 
 
+def _mid_swap(folder: Path) -> bool:
+    return not (folder / SHARD_DIR).exists() or (folder / OLD_DIR).exists()
+
+
 @contextmanager
 def held(root: Path) -> Iterator[list[str]]:
     """Open every shard under `root` (taking their WAL locks), flush them, and keep them held:
@@ -577,9 +581,13 @@ def held(root: Path) -> Iterator[list[str]]:
     names = (
         sorted(p.name for p in root.iterdir() if (p / SPEC_FILE).is_file()) if root.is_dir() else []
     )
+    # Shards mid-swap last: loading a whole one first finds a running score (it rebuilds one
+    # collection at a time) before recover() could touch the folder that score is swapping.
+    mid_swap = {name: _mid_swap(root / name) for name in names}
+    names.sort(key=mid_swap.__getitem__)
     try:
         for name in names:
-            if not (root / name / SHARD_DIR).exists() or (root / name / OLD_DIR).exists():
+            if mid_swap[name]:
                 recover(root / name)  # a rebuild's swap cut short
             try:
                 shard = qe.EdgeShard.load(str(root / name / SHARD_DIR))
