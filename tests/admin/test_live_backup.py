@@ -6,11 +6,13 @@ real engine, the CLI as its own process."""
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import pytest
 
 from facescore.v1 import score_pb2, score_pb2_grpc
 from services.common.models import vectron_file
@@ -80,6 +82,18 @@ def test_backup_while_enrolling_holds_one_point_in_time(
     with grpc.insecure_channel(score.address) as channel:
         stub = score_pb2_grpc.ScoreServiceStub(channel)
         stub.CreateGallery(score_pb2.CreateGalleryRequest(name="live"), timeout=30)
+        # The Snapshot call itself: a named folder under DATA_DIR/snapshots, never reused.
+        taken = stub.Snapshot(score_pb2.SnapshotRequest(name="mine"), timeout=60)
+        assert (taken.folder, taken.galleries, taken.faces) == ("snapshots/mine", 1, 0)
+        copy = data / "snapshots" / "mine"
+        assert sorted(p.name for p in copy.iterdir()) == list(taken.collections)
+        assert all((copy / name / "collection.json").is_file() for name in taken.collections)
+        assert taken.bytes == sum(p.stat().st_size for p in copy.rglob("*") if p.is_file())
+        for name, code in (("mine", "ALREADY_EXISTS"), ("../up", "INVALID_ARGUMENT")):
+            with pytest.raises(grpc.RpcError) as refused_call:
+                stub.Snapshot(score_pb2.SnapshotRequest(name=name), timeout=60)
+            assert refused_call.value.code().name == code, name
+        shutil.rmtree(data / "snapshots" / "mine")
 
     # Not the score that holds the storage: refused in one line, nothing written.
     nobody = f"127.0.0.1:{free_port()}"

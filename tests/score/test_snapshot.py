@@ -5,7 +5,10 @@ copy opens as a store holding that one point in time."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from services.score.storage import (
     open_store,
 )
 from services.score.storage.edge import OLD_DIR, held
+from tests.conftest import REPO
 
 DIM = 32
 IDENTITY = ModelIdentity("test", "0" * 64, DIM)
@@ -131,3 +135,45 @@ async def test_held_refuses_a_running_store_without_touching_a_swap_in_progress(
         assert (old / "segment").is_file()
     finally:
         await store.close()
+
+
+HOLD = """
+import sys
+from pathlib import Path
+from services.score.storage import StorageInUse
+from services.score.storage.edge import held
+try:
+    with held(Path(sys.argv[1])):
+        print("opened")
+except StorageInUse:
+    print("refused")
+"""
+
+
+async def test_an_opener_refused_beside_score_leaves_its_files_alone(tmp_path: Path) -> None:
+    """qdrant-edge's load() of a held shard damages the holder's files before it fails
+    (its next flush: "Tracker journal ... is shorter than expected"): admin commands beside
+    a running score must find the lock without loading anything."""
+    store = await open_at(tmp_path)
+    try:
+        await store.create_gallery("g")
+        await enroll(store, "g", "a", 1)
+        await store.engine.flush()
+        env = {**os.environ, "SCORE_DATA_DIR": str(tmp_path), "SCORE_QDRANT_URL": ""}
+        for command in (
+            [sys.executable, "-c", HOLD, str(tmp_path / "edge")],
+            [sys.executable, "-m", "facescore.cli", "admin", "check"],
+        ):
+            done = await asyncio.to_thread(
+                subprocess.run, command, cwd=REPO, env=env, capture_output=True, text=True
+            )
+            assert "refused" in done.stdout or "held by another process" in done.stderr, done
+        await enroll(store, "g", "b", 2)
+        await store.engine.flush()
+    finally:
+        await store.close()
+    again = await open_at(tmp_path)
+    try:
+        assert await again.count_faces(gallery="g") == 2
+    finally:
+        await again.close()

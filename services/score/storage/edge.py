@@ -13,6 +13,7 @@ on a copy and swapped in (EdgeEngine.optimize says why), while calls go on.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import shutil
@@ -41,6 +42,7 @@ from services.score.storage.gate import Gate
 
 SPEC_FILE = "collection.json"
 SHARD_DIR = "shard"
+WAL_DIR = "wal"  # inside a shard; locked (flock) by the process that opened the shard
 NEXT_DIR = "shard.next"  # a rebuilt shard, complete, about to replace SHARD_DIR
 OLD_DIR = "shard.old"  # the replaced shard, deleted once the swap is done
 BUILD_DIR = "build"  # a rebuild's export and its child's shard
@@ -235,7 +237,7 @@ class EdgeEngine:
         folder = self.root / name
         if not (folder / SHARD_DIR).exists() or (folder / OLD_DIR).exists():
             recover(folder)
-        shard = await self._run(qe.EdgeShard.load, str(folder / SHARD_DIR))
+        shard = await self._run(load_shard, self.root, folder / SHARD_DIR)
         self._shards[name] = shard
         return shard
 
@@ -567,6 +569,38 @@ def _operation(op: tuple[str, Any]) -> qe.UpdateOperation:
     return qe.UpdateOperation.delete_points_by_filter(selector)
 
 
+def wal_held(shard: Path) -> bool:
+    """Whether another process holds the shard: its WAL folder's lock (flock), probed without
+    opening the shard. qdrant-edge's load() touches the segments' files before it finds the
+    WAL locked, and that breaks the holder's next flush (seen: "Tracker journal ... is
+    shorter than expected"), so nothing may load a shard that another process holds."""
+    try:
+        fd = os.open(shard / WAL_DIR, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def load_shard(root: Path, shard: Path) -> qe.EdgeShard:
+    """Open a shard that no other process holds; StorageInUse when one does."""
+    if wal_held(shard):
+        raise StorageInUse(root, f"{shard / WAL_DIR} is locked")
+    try:
+        return qe.EdgeShard.load(str(shard))
+    except Exception as error:
+        if "WouldBlock" in str(error):  # taken between the probe and the load
+            raise StorageInUse(root, str(error)) from error
+        raise
+
+
 def _mid_swap(folder: Path) -> bool:
     return not (folder / SHARD_DIR).exists() or (folder / OLD_DIR).exists()
 
@@ -581,20 +615,15 @@ def held(root: Path) -> Iterator[list[str]]:
     names = (
         sorted(p.name for p in root.iterdir() if (p / SPEC_FILE).is_file()) if root.is_dir() else []
     )
-    # Shards mid-swap last: loading a whole one first finds a running score (it rebuilds one
-    # collection at a time) before recover() could touch the folder that score is swapping.
     mid_swap = {name: _mid_swap(root / name) for name in names}
-    names.sort(key=mid_swap.__getitem__)
+    for name in names:  # a running score found before anything is opened or recovered
+        if not mid_swap[name] and wal_held(root / name / SHARD_DIR):
+            raise StorageInUse(root, f"{root / name / SHARD_DIR / WAL_DIR} is locked")
     try:
         for name in names:
             if mid_swap[name]:
                 recover(root / name)  # a rebuild's swap cut short
-            try:
-                shard = qe.EdgeShard.load(str(root / name / SHARD_DIR))
-            except Exception as error:
-                if "WouldBlock" in str(error):
-                    raise StorageInUse(root, str(error)) from error
-                raise
+            shard = load_shard(root, root / name / SHARD_DIR)
             shards.append(shard)
             shard.flush()
         yield names
