@@ -162,21 +162,28 @@ def _copy_tree(source: Path, target: Path) -> None:
 
 def _score_snapshot(target: str, say: Say) -> score_pb2.SnapshotResponse:
     """Ask the running score service for a snapshot of its embedded storage."""
+    _, stamp = _now()
+    name = f"backup-{stamp}-{os.getpid()}"
     say(f"score holds the embedded storage: asking score at {target} for a snapshot")
     with grpc.insecure_channel(target) as channel:
         stub = score_pb2_grpc.ScoreServiceStub(channel)
         try:
             reply: score_pb2.SnapshotResponse = stub.Snapshot(
-                score_pb2.SnapshotRequest(), timeout=SNAPSHOT_TIMEOUT_S
+                score_pb2.SnapshotRequest(name=name), timeout=SNAPSHOT_TIMEOUT_S
             )
         except grpc.RpcError as error:
             code, details = error.code(), error.details()
-            hint = (
-                ": is this the score service that holds the storage? Pass --score ADDRESS "
-                "(or set FACESCORE_SCORE_TARGET)"
-                if code == grpc.StatusCode.UNAVAILABLE
-                else ""
-            )
+            hint = ""
+            if code == grpc.StatusCode.UNAVAILABLE:
+                hint = (
+                    ": is this the score service that holds the storage? Pass --score ADDRESS "
+                    "(or set FACESCORE_SCORE_TARGET)"
+                )
+            elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                hint = (
+                    f": score finishes the copy in {SCORE_SNAPSHOTS}/{name} of its DATA_DIR "
+                    "(delete it); raise score's SCORE_MAX_CALL_S for a store this large"
+                )
             raise AdminError(
                 f"score at {target} made no snapshot ({code.name}: {details}){hint}"
             ) from error
