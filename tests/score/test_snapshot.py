@@ -14,12 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from qdrant_client import AsyncQdrantClient
 
+from services.common.errors import FaceScoreError
 from services.score.settings import ScoreSettings
 from services.score.storage import (
     GalleryStore,
     ModelIdentity,
     Point,
+    ServerEngine,
     StorageInUse,
     face_id,
     open_store,
@@ -177,3 +180,20 @@ async def test_an_opener_refused_beside_score_leaves_its_files_alone(tmp_path: P
         assert await again.count_faces(gallery="g") == 2
     finally:
         await again.close()
+
+
+async def test_a_qdrant_server_is_not_snapshotted_by_score(tmp_path: Path) -> None:
+    """With a Qdrant server the backup uses Qdrant's own snapshots; score's call says so
+    (refused before any call to the server, none of which could run here)."""
+    settings = ScoreSettings(data_dir=tmp_path, qdrant_url="http://127.0.0.1:9")
+    client = AsyncQdrantClient(url="http://127.0.0.1:9", check_compatibility=False)
+    engine = ServerEngine("http://127.0.0.1:9", None, 1.0, client=client)
+    store = GalleryStore(settings, IDENTITY, engine)
+    try:
+        with pytest.raises(FaceScoreError) as refused:
+            await store.snapshot(tmp_path / "snap")
+        assert refused.value.code.name == "FAILED_PRECONDITION"
+        assert "Qdrant's snapshots" in refused.value.message
+        assert not (tmp_path / "snap").exists()
+    finally:
+        await store.close()
