@@ -93,12 +93,14 @@ logs:
 ps:
 	$(COMPOSE) ps
 
-# A Qdrant snapshot (and the Redis cache keys) into backups/<UTC time>/, with sha256 manifest.
+# A Qdrant snapshot (and the Redis cache keys) into backups/<UTC time>/, with sha256 manifest;
+# with embedded storage, a snapshot that the running score takes (FACESCORE_SCORE_TARGET).
 backup:
 	mkdir -p $(BACKUPS)
 	$(COMPOSE) run --rm --no-deps -v "$(BACKUPS):/backups" score admin backup /backups/$(STAMP)
 
 # make restore FROM=<folder in backups/>: checksums are verified before anything is touched.
+# Embedded storage is restored offline: `docker compose stop score` first, `up -d` after.
 restore:
 	@test -n "$(FROM)" || (echo "usage: make restore FROM=<folder in $(BACKUPS)>" >&2; exit 2)
 	$(COMPOSE) run --rm --no-deps -v "$(BACKUPS):/backups" score admin restore /backups/$(FROM) --yes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -166,7 +167,12 @@ def _admin_backup(args: argparse.Namespace) -> int:
     from services.score.settings import ScoreSettings
 
     try:
-        backup(ScoreSettings(), args.dest, include_redis=not args.skip_redis)
+        backup(
+            ScoreSettings(),
+            args.dest,
+            include_redis=not args.skip_redis,
+            score_target=args.score or os.environ.get("FACESCORE_SCORE_TARGET") or _score_address(),
+        )
     except AdminError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -320,7 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
         "backup",
         help="write Qdrant's facescore data (and Redis's facescore keys) to the new folder DEST",
         description="Embedded storage (SCORE_QDRANT_URL unset): a copy of SCORE_DATA_DIR/edge; "
-        "the score service must be stopped (it owns the shards; refused while it runs). "
+        "while the score service runs (it owns the shards), a consistent snapshot that it "
+        "takes on request (run where its SCORE_DATA_DIR is mounted), else the shards held "
+        "and copied here. "
         "Qdrant server: a snapshot of every facescore collection. With SCORE_REDIS_URL: the "
         "facescore:* keys. DEST gets a manifest.json with "
         "the sha256 of every file; it appears only once complete.",
@@ -328,6 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     backup.add_argument("dest", type=Path, help="new folder for the backup")
     backup.add_argument(
         "--skip-redis", action="store_true", help="leave out Redis (the cache refills by itself)"
+    )
+    backup.add_argument(
+        "--score",
+        metavar="ADDRESS",
+        help="the score service that holds the embedded storage, asked for a snapshot "
+        "(default: FACESCORE_SCORE_TARGET, else SCORE_HOST:SCORE_PORT)",
     )
     backup.set_defaults(func=_admin_backup)
     restore = admin_sub.add_parser(

@@ -2,10 +2,13 @@
 
 What is backed up depends on how score runs (the SCORE_* settings):
 
-- Embedded storage (SCORE_QDRANT_URL unset): a copy of DATA_DIR/edge, the engine's shards,
-  taken while this command holds every shard (their WAL locks) after flushing them. score
-  owns its shards: a running score service is refused in one line, so an embedded backup is
-  an offline operation (stop score, back up, start it; a Qdrant server is backed up live).
+- Embedded storage (SCORE_QDRANT_URL unset): a copy of DATA_DIR/edge, the engine's shards.
+  score owns its shards (their WAL locks). While it runs, this command asks it for a
+  snapshot (its Snapshot call, at `score_target`): score holds writes back, flushes every
+  shard, copies them to DATA_DIR/snapshots/<name> and lets writes go on; this command copies
+  that folder into DEST and deletes it. So it must run where score's DATA_DIR is mounted (in
+  compose, a container sharing score's volume). When no score runs, it holds every shard
+  itself, flushed, while it copies them.
 - Qdrant server (SCORE_QDRANT_URL set): a snapshot of every facescore collection (the faces
   collections and the registry, all named SCORE_COLLECTION_PREFIX_*), made through the
   Qdrant API, downloaded, then deleted on the server.
@@ -18,7 +21,8 @@ It is written under a temporary name and renamed when complete: a DEST that exis
 Restore checks every file against the manifest before it touches anything, refuses a
 target that already holds data unless told --yes, and then:
 
-- embedded: copies the files to a sibling of DATA_DIR/edge, then swaps the folders with
+- embedded (offline: score must be stopped, a running one is refused in one line): copies
+  the files to a sibling of DATA_DIR/edge, then swaps the folders with
   renames. The replaced data is KEPT as DATA_DIR/edge.before-restore-<time> (delete it
   once the restored service looks right); nothing is deleted. A backup of the previous
   embedded store (qdrant-client's local mode, DATA_DIR/qdrant) goes back to DATA_DIR/qdrant,
@@ -43,8 +47,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
+import grpc
 import httpx
 
+from facescore.v1 import score_pb2, score_pb2_grpc
 from services.score.redis_target import RedisTarget, redacted
 from services.score.settings import ScoreSettings
 from services.score.storage import StorageInUse
@@ -60,6 +66,7 @@ REDIS_FILE = "redis.jsonl"
 REDIS_PATTERN = "facescore:*"
 META_FILE = "meta.json"  # qdrant-client local mode's list of collections
 SNAPSHOT_TIMEOUT_S = 600.0
+SCORE_SNAPSHOTS = "snapshots"  # score's Snapshot writes DATA_DIR/snapshots/<name>
 CHUNK = 1 << 20
 
 Say = Callable[[str], None]
@@ -134,16 +141,67 @@ def _now() -> tuple[str, str]:
 @contextlib.contextmanager
 def storage_lock(storage: Path) -> Iterator[None]:
     """Hold every shard of the embedded storage (their WAL locks), flushed; refuse with one
-    line when a score service holds it. score owns its shards: an embedded backup or restore
-    is an offline operation, and a score service cannot start while one runs."""
+    line when a score service holds it. score owns its shards: an embedded restore is an
+    offline operation, and a score service cannot start while one runs."""
     try:
         with held(storage):
             yield
     except StorageInUse as error:
         raise AdminError(
             f"{storage} is held by the score service running on this SCORE_DATA_DIR: stop it "
-            "first (embedded storage is backed up and restored offline)"
+            "first (embedded storage is restored offline)"
         ) from error
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    for path in sorted(source.rglob("*")):
+        if path.is_symlink() or not path.is_file():
+            continue
+        _copy(path, target / path.relative_to(source))
+
+
+def _score_snapshot(target: str, say: Say) -> score_pb2.SnapshotResponse:
+    """Ask the running score service for a snapshot of its embedded storage."""
+    _, stamp = _now()
+    name = f"backup-{stamp}-{os.getpid()}"
+    say(f"score holds the embedded storage: asking score at {target} for a snapshot")
+    with grpc.insecure_channel(target) as channel:
+        stub = score_pb2_grpc.ScoreServiceStub(channel)
+        try:
+            reply: score_pb2.SnapshotResponse = stub.Snapshot(
+                score_pb2.SnapshotRequest(name=name), timeout=SNAPSHOT_TIMEOUT_S
+            )
+        except grpc.RpcError as error:
+            code, details = error.code(), error.details()
+            hint = ""
+            if code == grpc.StatusCode.UNAVAILABLE:
+                hint = (
+                    ": is this the score service that holds the storage? Pass --score ADDRESS "
+                    "(or set FACESCORE_SCORE_TARGET)"
+                )
+            elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                hint = (
+                    f": score finishes the copy in {SCORE_SNAPSHOTS}/{name} of its DATA_DIR "
+                    "(delete it); raise score's SCORE_MAX_CALL_S for a store this large"
+                )
+            raise AdminError(
+                f"score at {target} made no snapshot ({code.name}: {details}){hint}"
+            ) from error
+    return reply
+
+
+def _snapshot_folder(data_dir: Path, folder: str) -> Path:
+    """score's snapshot, found in this command's DATA_DIR (score answers it relative to its)."""
+    relative = PurePosixPath(folder)
+    if relative.is_absolute() or ".." in relative.parts or relative.parts[:1] != (SCORE_SNAPSHOTS,):
+        raise AdminError(f"score answered an unexpected snapshot folder {folder!r}")
+    path = data_dir.joinpath(*relative.parts)
+    if not path.is_dir():
+        raise AdminError(
+            f"score wrote its snapshot to {folder} in its DATA_DIR, but {path} is not here: "
+            "run this command where score's SCORE_DATA_DIR is mounted"
+        )
+    return path
 
 
 def _embedded_collections(storage: Path) -> dict[str, dict[str, Any]]:
@@ -391,9 +449,16 @@ def _restore_redis(settings: ScoreSettings, source: Path) -> int:
 
 
 def backup(
-    settings: ScoreSettings, dest: Path, *, include_redis: bool = True, say: Say = print
+    settings: ScoreSettings,
+    dest: Path,
+    *,
+    include_redis: bool = True,
+    score_target: str = "127.0.0.1:50053",
+    say: Say = print,
 ) -> dict[str, Any]:
-    """Write a backup of score's data to the new folder `dest`; returns the manifest."""
+    """Write a backup of score's data to the new folder `dest`; returns the manifest.
+    `score_target` is the score service asked for a snapshot when it holds the embedded
+    storage."""
     dest = dest.absolute()
     if dest.exists():
         raise AdminError(f"{dest} already exists; back up into a new folder")
@@ -412,7 +477,7 @@ def backup(
         if settings.qdrant_url:
             manifest.update(_backup_server(settings, staging, say))
         else:
-            manifest.update(_backup_embedded(settings, staging, say))
+            manifest.update(_backup_embedded(settings, staging, score_target, say))
         manifest["redis"] = _backup_redis(settings, staging, include_redis, say)
         manifest["files"] = {
             path.relative_to(staging).as_posix(): _entry(path)
@@ -433,25 +498,42 @@ def backup(
     return manifest
 
 
-def _backup_embedded(settings: ScoreSettings, staging: Path, say: Say) -> dict[str, Any]:
-    storage = settings.data_dir.absolute() / QDRANT_DIR
+def _backup_embedded(
+    settings: ScoreSettings, staging: Path, score_target: str, say: Say
+) -> dict[str, Any]:
+    data_dir = settings.data_dir.absolute()
+    storage = data_dir / QDRANT_DIR
     if not _embedded_collections(storage):
         raise AdminError(
             f"nothing to back up: {storage} holds no embedded collections. "
             "Is SCORE_DATA_DIR right? For a Qdrant server, set SCORE_QDRANT_URL."
         )
-    with storage_lock(storage):
-        for path in sorted(storage.rglob("*")):
-            relative = path.relative_to(storage)
-            if path.is_symlink() or not path.is_file():
-                continue
-            _copy(path, staging / QDRANT_DIR / relative)
-        collections = _embedded_collections(storage)
-    say(f"copied embedded storage from {storage}: {', '.join(sorted(collections)) or 'empty'}")
+    live: dict[str, Any] | None = None
+    try:
+        with held(storage):
+            _copy_tree(storage, staging / QDRANT_DIR)
+    except StorageInUse:
+        shutil.rmtree(staging / QDRANT_DIR, ignore_errors=True)
+        snapshot = _score_snapshot(score_target, say)
+        folder = _snapshot_folder(data_dir, snapshot.folder)
+        try:
+            _copy_tree(folder, staging / QDRANT_DIR)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        live = {
+            "score": score_target,
+            "faces": snapshot.faces,
+            "subjects": snapshot.subjects,
+            "galleries": snapshot.galleries,
+        }
+    collections = _embedded_collections(staging / QDRANT_DIR)
+    how = "snapshot taken by the running score service" if live else "score not running"
+    say(f"copied embedded storage from {storage} ({how}): {', '.join(sorted(collections))}")
     models = [_model_of(n, c.get("metadata")) for n, c in sorted(collections.items())]
     return {
         "mode": "embedded",
         "source": str(storage),
+        "live": live,
         "collections": [{"name": name} for name in sorted(collections)],
         "models": [m for m in models if m],
     }

@@ -102,6 +102,11 @@ class ScoreServiceStub:
                 request_serializer=facescore_dot_v1_dot_score__pb2.GetHealthRequest.SerializeToString,
                 response_deserializer=facescore_dot_v1_dot_score__pb2.HealthReport.FromString,
                 _registered_method=True)
+        self.Snapshot = channel.unary_unary(
+                '/facescore.v1.ScoreService/Snapshot',
+                request_serializer=facescore_dot_v1_dot_score__pb2.SnapshotRequest.SerializeToString,
+                response_deserializer=facescore_dot_v1_dot_score__pb2.SnapshotResponse.FromString,
+                _registered_method=True)
 
 
 class ScoreServiceServicer:
@@ -195,6 +200,18 @@ class ScoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Snapshot(self, request, context):
+        """Admin only (`facescore admin backup`; the gateway does not offer it): a consistent copy
+        of the embedded storage, taken while score runs. score waits for an index build in
+        progress, holds writes back (calls in flight finish first; reads go on), flushes every
+        shard, copies DATA_DIR/edge to DATA_DIR/snapshots/<name>, and lets writes go on. The
+        caller, sharing DATA_DIR, copies the folder away and deletes it. With a Qdrant server:
+        FAILED_PRECONDITION (use Qdrant's own snapshots).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ScoreServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -262,6 +279,11 @@ def add_ScoreServiceServicer_to_server(servicer, server):
                     servicer.GetHealth,
                     request_deserializer=facescore_dot_v1_dot_score__pb2.GetHealthRequest.FromString,
                     response_serializer=facescore_dot_v1_dot_score__pb2.HealthReport.SerializeToString,
+            ),
+            'Snapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.Snapshot,
+                    request_deserializer=facescore_dot_v1_dot_score__pb2.SnapshotRequest.FromString,
+                    response_serializer=facescore_dot_v1_dot_score__pb2.SnapshotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -618,6 +640,33 @@ class ScoreService:
             '/facescore.v1.ScoreService/GetHealth',
             facescore_dot_v1_dot_score__pb2.GetHealthRequest.SerializeToString,
             facescore_dot_v1_dot_score__pb2.HealthReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Snapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/facescore.v1.ScoreService/Snapshot',
+            facescore_dot_v1_dot_score__pb2.SnapshotRequest.SerializeToString,
+            facescore_dot_v1_dot_score__pb2.SnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,

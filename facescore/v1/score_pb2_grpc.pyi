@@ -56,6 +56,14 @@ class ScoreServiceStub:
     """Models in use, the collection, and the default decision threshold."""
     GetHealth: _grpc.UnaryUnaryMultiCallable[_score_pb2.GetHealthRequest, _score_pb2.HealthReport]
     """The state of score and everything it depends on: detect, embed, qdrant, cache."""
+    Snapshot: _grpc.UnaryUnaryMultiCallable[_score_pb2.SnapshotRequest, _score_pb2.SnapshotResponse]
+    """Admin only (`facescore admin backup`; the gateway does not offer it): a consistent copy
+    of the embedded storage, taken while score runs. score waits for an index build in
+    progress, holds writes back (calls in flight finish first; reads go on), flushes every
+    shard, copies DATA_DIR/edge to DATA_DIR/snapshots/<name>, and lets writes go on. The
+    caller, sharing DATA_DIR, copies the folder away and deletes it. With a Qdrant server:
+    FAILED_PRECONDITION (use Qdrant's own snapshots).
+    """
 
 @_typing.type_check_only
 class ScoreServiceAsyncStub(ScoreServiceStub):
@@ -85,6 +93,14 @@ class ScoreServiceAsyncStub(ScoreServiceStub):
     """Models in use, the collection, and the default decision threshold."""
     GetHealth: _aio.UnaryUnaryMultiCallable[_score_pb2.GetHealthRequest, _score_pb2.HealthReport]  # type: ignore[assignment]
     """The state of score and everything it depends on: detect, embed, qdrant, cache."""
+    Snapshot: _aio.UnaryUnaryMultiCallable[_score_pb2.SnapshotRequest, _score_pb2.SnapshotResponse]  # type: ignore[assignment]
+    """Admin only (`facescore admin backup`; the gateway does not offer it): a consistent copy
+    of the embedded storage, taken while score runs. score waits for an index build in
+    progress, holds writes back (calls in flight finish first; reads go on), flushes every
+    shard, copies DATA_DIR/edge to DATA_DIR/snapshots/<name>, and lets writes go on. The
+    caller, sharing DATA_DIR, copies the folder away and deletes it. With a Qdrant server:
+    FAILED_PRECONDITION (use Qdrant's own snapshots).
+    """
 
 class ScoreServiceServicer(metaclass=_abc_1.ABCMeta):
     """facescore's use cases: analyze photos, enroll faces into galleries, identify (1:N),
@@ -189,5 +205,19 @@ class ScoreServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_score_pb2.HealthReport, _abc.Awaitable[_score_pb2.HealthReport]]:
         """The state of score and everything it depends on: detect, embed, qdrant, cache."""
+
+    @_abc_1.abstractmethod
+    def Snapshot(
+        self,
+        request: _score_pb2.SnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_score_pb2.SnapshotResponse, _abc.Awaitable[_score_pb2.SnapshotResponse]]:
+        """Admin only (`facescore admin backup`; the gateway does not offer it): a consistent copy
+        of the embedded storage, taken while score runs. score waits for an index build in
+        progress, holds writes back (calls in flight finish first; reads go on), flushes every
+        shard, copies DATA_DIR/edge to DATA_DIR/snapshots/<name>, and lets writes go on. The
+        caller, sharing DATA_DIR, copies the folder away and deletes it. With a Qdrant server:
+        FAILED_PRECONDITION (use Qdrant's own snapshots).
+        """
 
 def add_ScoreServiceServicer_to_server(servicer: ScoreServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

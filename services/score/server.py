@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -25,6 +27,7 @@ from services.score.storage.layout import face_payload
 
 log = structlog.get_logger(__name__)
 MAX_PAGE_SIZE = 1000
+SNAPSHOTS_DIR = "snapshots"  # under DATA_DIR: Snapshot's copies, until the caller takes them
 GALLERY_FACES = Gauge("facescore_gallery_faces", "Faces stored per gallery.", ["gallery"])
 
 
@@ -392,6 +395,37 @@ class ScoreService(score_pb2_grpc.ScoreServiceServicer):
             default_threshold=self.settings.threshold,
         )
 
+    async def Snapshot(
+        self, request: score_pb2.SnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> score_pb2.SnapshotResponse:
+        store, _ = self._ready()
+        name = (
+            validation.snapshot_name(request.name)
+            if request.name
+            else dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        )
+        data_dir = self.settings.data_dir.absolute()
+        folder = data_dir / SNAPSHOTS_DIR / name
+        if folder.exists():
+            raise FaceScoreError(
+                Reason.INVALID_ARGUMENT,
+                f"snapshot {name!r} already exists in {folder.parent}",
+                grpc.StatusCode.ALREADY_EXISTS,
+                metadata={"field": "name"},
+            )
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        # Shielded: a caller gone mid-copy must not leave writes held back or a half copy.
+        taken = await asyncio.shield(store.snapshot(folder))
+        return score_pb2.SnapshotResponse(
+            folder=folder.relative_to(data_dir).as_posix(),
+            collections=taken.collections,
+            faces=taken.faces,
+            subjects=taken.subjects,
+            galleries=taken.galleries,
+            bytes=await asyncio.to_thread(_folder_bytes, folder),
+            created_unix_ms=taken.created_unix_ms,
+        )
+
     async def GetHealth(
         self, request: score_pb2.GetHealthRequest, context: grpc.aio.ServicerContext
     ) -> score_pb2.HealthReport:
@@ -420,6 +454,10 @@ class ScoreService(score_pb2_grpc.ScoreServiceServicer):
         needed = {"score", "detect", "embed", "qdrant"}
         report.ok = ready and all(d.ok for d in report.dependencies if d.name in needed)
         return report
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def _largest(analysis: Analysis, field: str) -> tuple[score_pb2.AnalyzedFace, np.ndarray]:

@@ -31,6 +31,18 @@ def gallery_name(name: str) -> str:
     return name
 
 
+def snapshot_name(name: str) -> str:
+    """A folder name under DATA_DIR/snapshots: one path segment, nothing hidden."""
+    if not _GALLERY.fullmatch(name):
+        raise FaceScoreError(
+            Reason.INVALID_ARGUMENT,
+            "a snapshot name must be 1-64 characters: letters, digits, '_', '.', '-', "
+            "starting with a letter or digit",
+            metadata={"field": "name"},
+        )
+    return name
+
+
 def subject_id(value: str) -> str:
     """Any printable id that can also be one segment of a REST path.
 

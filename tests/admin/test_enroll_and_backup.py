@@ -139,12 +139,14 @@ def test_enroll_backup_restore_round_trip(
     state = gallery_state(score)
     assert face_counts(state["groups"][1]) == {"team": 2}
 
-    # A running score service owns the embedded shards: the backup is refused, in one line.
-    refused = facescore("admin", "backup", tmp_path / "while-running", SCORE_DATA_DIR=str(data))
-    assert refused.returncode == 1
-    assert "is held by the score service" in refused.stderr and "stop it" in refused.stderr
-    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
-    assert not (tmp_path / "while-running").exists()
+    # A running score service owns the embedded shards: the backup asks it for a snapshot.
+    live = tmp_path / "live"
+    done = facescore("admin", "backup", live, "--score", score.address, SCORE_DATA_DIR=str(data))
+    assert done.returncode == 0, done.stderr
+    assert "snapshot taken by the running score service" in done.stdout
+    counted = json.loads((live / "manifest.json").read_text())["live"]
+    assert (counted["faces"], counted["subjects"], counted["galleries"]) == (9, 5, 2)
+    assert list((data / "snapshots").iterdir()) == []
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
     assert score.stop() == 0
@@ -163,6 +165,10 @@ def test_enroll_backup_restore_round_trip(
     for name, entry in manifest["files"].items():
         assert sha256_file(backup / name) == entry["sha256"]
     assert facescore("admin", "backup", backup, SCORE_DATA_DIR=str(data)).returncode == 1
+    # The live backup holds what the offline one holds (nothing was written in between).
+    live_manifest = json.loads((live / "manifest.json").read_text())
+    assert live_manifest["models"] == manifest["models"]
+    assert sorted(live_manifest["collections"], key=str) == sorted(manifest["collections"], key=str)
 
     # A damaged backup is refused before anything is touched.
     damaged = tmp_path / "damaged"

@@ -350,6 +350,8 @@ def test_services_find_each_other(merged: dict[str, dict[str, Any]]) -> None:
         assert env["score"]["SCORE_DETECT_TARGET"] == "dns:///detect:50051"
         assert env["score"]["SCORE_EMBED_TARGET"] == "dns:///embed:50052"
         assert env["gateway"]["GATEWAY_SCORE_TARGET"] == "dns:///score:50053"
+        # make backup's container (a one-off of the score service) asks score by name.
+        assert env["score"]["FACESCORE_SCORE_TARGET"] == "dns:///score:50053"
         assert env["gateway"]["GATEWAY_FORWARDED_ALLOW_IPS"] == "*"  # nginx's address varies
         assert env["score"]["SCORE_QDRANT_URL"] == "http://qdrant:6333"
         password = SECRET_VALUES["REDIS_PASSWORD"]

@@ -13,12 +13,13 @@ on a copy and swapped in (EdgeEngine.optimize says why), while calls go on.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import shutil
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager, suppress
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
@@ -37,9 +38,11 @@ from services.score.storage.engine import (
     SearchTuning,
     Where,
 )
+from services.score.storage.gate import Gate
 
 SPEC_FILE = "collection.json"
 SHARD_DIR = "shard"
+WAL_DIR = "wal"  # inside a shard; locked (flock) by the process that opened the shard
 NEXT_DIR = "shard.next"  # a rebuilt shard, complete, about to replace SHARD_DIR
 OLD_DIR = "shard.old"  # the replaced shard, deleted once the swap is done
 BUILD_DIR = "build"  # a rebuild's export and its child's shard
@@ -234,7 +237,7 @@ class EdgeEngine:
         folder = self.root / name
         if not (folder / SHARD_DIR).exists() or (folder / OLD_DIR).exists():
             recover(folder)
-        shard = await self._run(qe.EdgeShard.load, str(folder / SHARD_DIR))
+        shard = await self._run(load_shard, self.root, folder / SHARD_DIR)
         self._shards[name] = shard
         return shard
 
@@ -487,6 +490,34 @@ class EdgeEngine:
             self._shards[name] = await self._run(qe.EdgeShard.load, str(folder / SHARD_DIR))
         shutil.rmtree(folder / OLD_DIR, ignore_errors=True)
 
+    async def snapshot(
+        self,
+        target: Path,
+        paused: Callable[[], AbstractAsyncContextManager[None]],
+        while_paused: Callable[[], Awaitable[None]],
+    ) -> list[str]:
+        """Copy every collection (its spec and shard) to the new folder `target` while calls
+        go on; returns the collections copied.
+
+        Consistent: an index build in progress finishes first and none starts meanwhile (a
+        swap changes the files under the copy); then, inside `paused` (the caller's writes
+        held back), every shard is flushed and copied, and `while_paused` runs (to count
+        what the copy holds). The copy is written under a temporary name and renamed."""
+        if target.exists():
+            raise FileExistsError(f"{target} exists; a snapshot goes to a new folder")
+        staging = target.with_name(f".{target.name}.partial")
+        try:
+            async with self._rebuilding, paused():
+                names = await self.collections()
+                await self.flush()
+                await asyncio.to_thread(copy_collections, self.root, staging, names)
+                await while_paused()
+            os.rename(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return names
+
     async def settled(self) -> None:
         """Return once the background indexer has built what the writes so far called for."""
         while self._indexer is not None and not self._indexer.done():
@@ -512,6 +543,21 @@ def recover(folder: Path) -> None:
     shutil.rmtree(folder / BUILD_DIR, ignore_errors=True)
 
 
+def copy_collections(root: Path, target: Path, names: Sequence[str]) -> None:
+    """The specs and shards of `names`, copied to `target`."""
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    leftovers = {BUILD_DIR, NEXT_DIR, OLD_DIR, f"{SPEC_FILE}.tmp"}
+    for name in names:
+        folder = root / name
+
+        def rebuilds(where: str, files: list[str], folder: Path = folder) -> list[str]:
+            # What an index build leaves beside the shard is not part of the collection.
+            return [f for f in files if Path(where) == folder and f in leftovers]
+
+        shutil.copytree(folder, target / name, ignore=rebuilds)
+
+
 def _operation(op: tuple[str, Any]) -> qe.UpdateOperation:
     kind, args = op
     if kind == "upsert":
@@ -523,40 +569,40 @@ def _operation(op: tuple[str, Any]) -> qe.UpdateOperation:
     return qe.UpdateOperation.delete_points_by_filter(selector)
 
 
-class Gate:
-    """Many calls at once, or one swap alone."""
+def wal_held(shard: Path) -> bool:
+    """Whether another process holds the shard: its WAL folder's lock (flock), probed without
+    opening the shard. qdrant-edge's load() touches the segments' files before it finds the
+    WAL locked, and that breaks the holder's next flush (seen: "Tracker journal ... is
+    shorter than expected"), so nothing may load a shard that another process holds."""
+    try:
+        fd = os.open(shard / WAL_DIR, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
 
-    def __init__(self) -> None:
-        self._calls = 0
-        self._swapping = False
-        self._changed = asyncio.Condition()
 
-    @asynccontextmanager
-    async def shared(self) -> AsyncIterator[None]:
-        if self._swapping:
-            async with self._changed:
-                await self._changed.wait_for(lambda: not self._swapping)
-        self._calls += 1
-        try:
-            yield
-        finally:
-            self._calls -= 1
-            if self._swapping:  # the swap waits for the last call in flight
-                async with self._changed:
-                    self._changed.notify_all()
+def load_shard(root: Path, shard: Path) -> qe.EdgeShard:
+    """Open a shard that no other process holds; StorageInUse when one does."""
+    if wal_held(shard):
+        raise StorageInUse(root, f"{shard / WAL_DIR} is locked")
+    try:
+        return qe.EdgeShard.load(str(shard))
+    except Exception as error:
+        if "WouldBlock" in str(error):  # taken between the probe and the load
+            raise StorageInUse(root, str(error)) from error
+        raise
 
-    @asynccontextmanager
-    async def exclusive(self) -> AsyncIterator[None]:
-        async with self._changed:
-            await self._changed.wait_for(lambda: not self._swapping)
-            self._swapping = True
-            await self._changed.wait_for(lambda: self._calls == 0)
-        try:
-            yield
-        finally:
-            async with self._changed:
-                self._swapping = False
-                self._changed.notify_all()
+
+def _mid_swap(folder: Path) -> bool:
+    return not (folder / SHARD_DIR).exists() or (folder / OLD_DIR).exists()
 
 
 @contextmanager
@@ -569,16 +615,15 @@ def held(root: Path) -> Iterator[list[str]]:
     names = (
         sorted(p.name for p in root.iterdir() if (p / SPEC_FILE).is_file()) if root.is_dir() else []
     )
+    mid_swap = {name: _mid_swap(root / name) for name in names}
+    for name in names:  # a running score found before anything is opened or recovered
+        if not mid_swap[name] and wal_held(root / name / SHARD_DIR):
+            raise StorageInUse(root, f"{root / name / SHARD_DIR / WAL_DIR} is locked")
     try:
         for name in names:
-            if not (root / name / SHARD_DIR).exists() or (root / name / OLD_DIR).exists():
+            if mid_swap[name]:
                 recover(root / name)  # a rebuild's swap cut short
-            try:
-                shard = qe.EdgeShard.load(str(root / name / SHARD_DIR))
-            except Exception as error:
-                if "WouldBlock" in str(error):
-                    raise StorageInUse(root, str(error)) from error
-                raise
+            shard = load_shard(root, root / name / SHARD_DIR)
             shards.append(shard)
             shard.flush()
         yield names

@@ -1,12 +1,16 @@
 """The gallery store: galleries, subjects and faces over one storage engine, with the
-per-gallery write lock that keeps multi-step writes whole."""
+per-gallery write lock that keeps multi-step writes whole, and the write gate that a
+snapshot closes to copy a state in which every write is whole."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -15,7 +19,9 @@ import structlog
 from services.common.errors import FaceScoreError, Reason
 from services.score.settings import ScoreSettings
 from services.score.storage import layout, search
+from services.score.storage.edge import EdgeEngine
 from services.score.storage.engine import CollectionSpec, Engine, Point, Where
+from services.score.storage.gate import Gate
 from services.score.storage.layout import (
     GalleryRecord,
     Hit,
@@ -57,6 +63,18 @@ async def scroll_all(
             return
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """A copy of the embedded storage, and what it held when it was taken."""
+
+    folder: Path
+    collections: list[str]
+    faces: int
+    subjects: int
+    galleries: int
+    created_unix_ms: int
+
+
 class GalleryStore:
     def __init__(self, settings: ScoreSettings, identity: ModelIdentity, engine: Engine) -> None:
         self.settings = settings
@@ -67,6 +85,9 @@ class GalleryStore:
         self._writers: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
+        # Every write takes it shared (inside its gallery lock, so that a writer waiting
+        # for a gallery lock holds no gate); a snapshot takes it alone.
+        self.writes = Gate()
 
     @property
     def mode(self) -> str:
@@ -93,7 +114,7 @@ class GalleryStore:
         would leave a face without its subject record, a delete a subject without faces."""
 
         async def locked() -> T:
-            async with self.writing(gallery):
+            async with self.writing(gallery), self.writes.shared():
                 return await write
 
         return await asyncio.shield(asyncio.ensure_future(locked()))
@@ -162,7 +183,7 @@ class GalleryStore:
     # Galleries.
 
     async def create_gallery(self, name: str) -> GalleryRecord:
-        async with self.writing(name):
+        async with self.writing(name), self.writes.shared():
             if await self._gallery(name) is not None:
                 raise FaceScoreError(
                     Reason.GALLERY_EXISTS,
@@ -274,7 +295,7 @@ class GalleryStore:
                 await self.save_subject(gallery, subject_id, metadata_json)
             except FaceScoreError:
                 if created:  # no face may outlive a failed enrollment
-                    await self.delete_face(gallery, point_id)
+                    await self.engine.delete(self.collection, [point_id])
                 raise
             return created
 
@@ -328,10 +349,37 @@ class GalleryStore:
                 grpc.StatusCode.NOT_FOUND,
                 metadata={"gallery": gallery, "face_id": face},
             )
-        await self.engine.delete(self.collection, [point_id])
+        async with self.writes.shared():
+            await self.engine.delete(self.collection, [point_id])
 
     async def search(self, gallery: str, vector: list[float], top_k: int) -> list[Hit]:
         return await search.best_per_subject(self.engine, self.collection, gallery, vector, top_k)
 
     async def best_face_of(self, gallery: str, subject_id: str, vector: list[float]) -> Hit | None:
         return await search.best_face_of(self.engine, self.collection, gallery, subject_id, vector)
+
+    # Snapshots.
+
+    async def snapshot(self, folder: Path) -> Snapshot:
+        """Copy the embedded storage to the new `folder` while score runs, consistent: writes
+        are held back (those in flight finish first, every multi-step write is whole), the
+        shards are flushed and copied, then writes go on. Reads go on throughout."""
+        engine = self.engine
+        if not isinstance(engine, EdgeEngine):
+            raise FaceScoreError(
+                Reason.INVALID_ARGUMENT,
+                "score stores galleries on a Qdrant server: back it up with Qdrant's "
+                "snapshots (`facescore admin backup` with SCORE_QDRANT_URL set)",
+                grpc.StatusCode.FAILED_PRECONDITION,
+                metadata={"storage": "server"},
+            )
+        counted: dict[str, int] = {}
+
+        async def count() -> None:
+            counted["faces"] = await engine.count(self.collection)
+            counted["subjects"] = await engine.count(self.registry, {"kind": "subject"})
+            counted["galleries"] = await engine.count(self.registry, {"kind": "gallery"})
+
+        names = await engine.snapshot(folder, self.writes.exclusive, count)
+        log.info("snapshot taken", folder=str(folder), **counted)
+        return Snapshot(folder, names, created_unix_ms=int(time.time() * 1000), **counted)
