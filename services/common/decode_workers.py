@@ -32,6 +32,7 @@ import numpy.typing as npt
 
 from services.common.errors import FaceScoreError, Reason
 from services.common.images import JPEG_SCALES, DecodedImage, decode_image, shrink
+from services.common.memory import retain_freed_memory
 
 # spawn, not fork: the parent runs gRPC and ONNX Runtime threads, which fork would copy mid-state.
 _CONTEXT = multiprocessing.get_context("spawn")
@@ -120,6 +121,7 @@ def _cpu_seconds() -> float:
 
 def _worker_main(conn: multiprocessing.connection.Connection, budget_s: float) -> None:
     """A worker's loop: run each function sent, answer its result or its refusal."""
+    retain_freed_memory()
     _, hard = resource.getrlimit(resource.RLIMIT_CPU)
     while True:
         try:
