@@ -121,7 +121,9 @@ def model_cpu_ms(rounds: int) -> tuple[float, float]:
         session = ort.InferenceSession(
             str(MODELS / model), options, providers=["CPUExecutionProvider"]
         )
-        feed = {session.get_inputs()[0].name: np.zeros(shape, np.float32)}
+        # Random, not zeros: the recognizer runs about a third faster on a blank input.
+        data = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        feed = {session.get_inputs()[0].name: data}
         session.run(None, feed)
         runs = 20 * rounds
         started = time.process_time()
