@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import io
 import os
+import pickle
 import socket
 import statistics
 import subprocess
@@ -37,6 +39,7 @@ from rich.table import Table
 
 from facescore.devtools.phone_photos import phone_photos
 from facescore.v1 import detect_pb2, detect_pb2_grpc, embed_pb2, embed_pb2_grpc
+from services.common.images import decode_image
 from services.common.models import insightface_image, vectron_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,8 +80,11 @@ def decode_in_process(data: bytes) -> np.ndarray:
 
 def bench_in_process(
     photos: list[bytes], rounds: int, concurrency: int = 1
-) -> tuple[float, float, float]:
-    """insightface in this process; `concurrency` threads share its two sessions."""
+) -> tuple[float, float, float, float]:
+    """insightface in this process; `concurrency` threads share its two sessions.
+
+    Returns images/s, p50 ms, p99 ms and CPU ms per photo (all of this process's threads).
+    """
     detector = SCRFD(model_file=str(MODELS / "scrfd_500m_bnkps.onnx"))
     detector.prepare(0, input_size=(640, 640))
     recognizer = ArcFaceONNX(model_file=str(MODELS / "w600k_mbf.onnx"))
@@ -94,10 +100,37 @@ def bench_in_process(
 
     one(photos[0])
     work = [data for _ in range(rounds) for data in photos]
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(concurrency) as pool:
         latencies = list(pool.map(one, work))
-    return summarize(latencies, time.perf_counter() - started, len(latencies))
+    cpu_ms = 1000 * (time.process_time() - cpu) / len(latencies)
+    return (*summarize(latencies, time.perf_counter() - started, len(latencies)), cpu_ms)
+
+
+def model_cpu_ms(rounds: int) -> tuple[float, float]:
+    """CPU ms of one detector run (640x640) and one recognizer run (one face), with the
+    single-threaded sessions the services use (ONNX Runtime settings' defaults)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    costs = []
+    for model, shape in (
+        ("scrfd_500m_bnkps.onnx", (1, 3, 640, 640)),
+        ("w600k_mbf.onnx", (1, 3, 112, 112)),
+    ):
+        session = ort.InferenceSession(
+            str(MODELS / model), options, providers=["CPUExecutionProvider"]
+        )
+        # Random, not zeros: the recognizer runs about a third faster on a blank input.
+        data = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        feed = {session.get_inputs()[0].name: data}
+        session.run(None, feed)
+        runs = 20 * rounds
+        started = time.process_time()
+        for _ in range(runs):
+            session.run(None, feed)
+        costs.append(1000 * (time.process_time() - started) / runs)
+    return costs[0], costs[1]
 
 
 def bench_raw_models(rounds: int) -> list[tuple[str, float]]:
@@ -133,6 +166,40 @@ def bench_raw_models(rounds: int) -> list[tuple[str, float]]:
             )
         )
     return rows
+
+
+def photo_bytes_rows(photos: list[bytes]) -> list[tuple[str, float]]:
+    """CPU ms per photo of what each hop does with its bytes (score -> detect -> a decode
+    worker), beside the cheapest decode of the same photos: is a copy worth cutting?"""
+
+    def cpu_ms(step: Callable[[bytes], object], repeats: int = 20) -> float:
+        started = time.process_time()
+        for _ in range(repeats):
+            for data in photos:
+                step(data)
+        return 1000 * (time.process_time() - started) / (repeats * len(photos))
+
+    def request(data: bytes) -> detect_pb2.DetectRequest:
+        return detect_pb2.DetectRequest(image=data, include_crops=True)
+
+    return [
+        ("copy of the bytes", cpu_ms(bytearray)),
+        (
+            "DetectRequest built, serialized, parsed",
+            cpu_ms(
+                lambda data: detect_pb2.DetectRequest.FromString(request(data).SerializeToString())
+            ),
+        ),
+        ("pickled for a decode worker", cpu_ms(lambda data: pickle.loads(pickle.dumps(data)))),
+        (
+            "SHA-256 (score's cache key; detect's ImageInfo)",
+            cpu_ms(lambda data: hashlib.sha256(data).digest()),
+        ),
+        (
+            "baseline: decode at 1/4 scale",
+            cpu_ms(lambda data: decode_image(data, 1 << 30, 1 << 30, fit=640), repeats=2),
+        ),
+    ]
 
 
 def free_port() -> int:
@@ -228,8 +295,11 @@ def services_rows(
     photo_sets: dict[str, list[bytes]],
     rounds: int,
     cpu: Table,
-) -> dict[tuple[str, int], tuple[float, float, float]]:
-    """Rows for the services started from `tree`; CPU ms per photo of detect and embed."""
+) -> dict[tuple[str, int], tuple[float, float, float, float]]:
+    """Rows for the services started from `tree`; CPU ms per photo of detect and embed.
+
+    Returns images/s, p50 ms, p99 ms and CPU ms per photo (detect + embed) per row.
+    """
     detect_port, embed_port = free_port(), free_port()
     processes = [start("detect", detect_port, tree), start("embed", embed_port, tree)]
     results = {}
@@ -252,13 +322,14 @@ def services_rows(
                     process_tree_cpu(p.pid) - b for p, b in zip(processes, before, strict=True)
                 ]
                 calls = rounds * len(photos) + 1
-                results[(set_name, concurrency)] = stats
+                results[(set_name, concurrency)] = (*stats, 1000 * sum(spent) / calls)
                 table.add_row(set_name, label, str(concurrency), *(f"{v:.1f}" for v in stats))
                 cpu.add_row(
                     set_name,
                     label,
                     str(concurrency),
                     *(f"{1000 * s / calls:.1f}" for s in spent),
+                    f"{1000 * sum(spent) / calls:.1f}",
                 )
     finally:
         for process in processes:
@@ -297,9 +368,9 @@ def main() -> None:
     for column in ("photos", "pipeline", "concurrency", "images/s", "p50 ms", "p99 ms"):
         table.add_column(column, justify="left" if column in ("photos", "pipeline") else "right")
     cpu = Table(title="CPU ms per photo, by service process (detect includes its decoders)")
-    for column in ("photos", "services", "concurrency", "detect", "embed"):
-        cpu.add_column(column, justify="left" if column in ("photos", "services") else "right")
-    library: dict[tuple[str, int], tuple[float, float, float]] = {}
+    for column in ("photos", "pipeline", "concurrency", "detect", "embed", "total"):
+        cpu.add_column(column, justify="left" if column in ("photos", "pipeline") else "right")
+    library: dict[tuple[str, int], tuple[float, float, float, float]] = {}
     for set_name, photos in photo_sets.items():
         for concurrency in (1, 4):
             stats = bench_in_process(photos, rounds.get(set_name, args.phone_rounds), concurrency)
@@ -308,7 +379,10 @@ def main() -> None:
                 set_name,
                 "in-process insightface (ORT default threads)",
                 str(concurrency),
-                *(f"{v:.1f}" for v in stats),
+                *(f"{v:.1f}" for v in stats[:3]),
+            )
+            cpu.add_row(
+                set_name, "in-process insightface", str(concurrency), "", "", f"{stats[3]:.1f}"
             )
     ours = {}
     for label, tree in (("services over gRPC", REPO), ("baseline services", args.baseline_tree)):
@@ -336,19 +410,39 @@ def main() -> None:
         raw.add_row(what, f"{rate:.1f}")
     console.print(raw)
 
+    hops = Table(title="12 MP JPEG bytes per hop, CPU ms per photo (same photos, same run)")
+    hops.add_column("step")
+    hops.add_column("ms", justify="right")
+    for what, ms in photo_bytes_rows(photo_sets["12 MP JPEG"]):
+        hops.add_row(what, f"{ms:.2f}")
+    console.print(hops)
+
     detector_rate, recognizer_rate = rates[0][1], rates[2][1]
     bound = 1 / (1 / detector_rate + 1 / recognizer_rate)
     console.print(
         f"Model-time bound on the small photos (one face each): {bound:.1f} images/s; the "
         f"services at concurrency 4 reach {ours[('small photos', 4)][0] / bound:.0%} of it."
     )
+    # CPU time is steadier than wall time on a shared machine: the share of the services'
+    # CPU per small photo that the two models' own runs account for.
+    detector_ms, recognizer_ms = model_cpu_ms(args.rounds)
+    for concurrency in (1, 4):
+        spent = ours[("small photos", concurrency)][3]
+        console.print(
+            f"Small photos, concurrency {concurrency}: the models' own CPU per photo "
+            f"({detector_ms:.1f} ms detector + {recognizer_ms:.1f} ms recognizer, "
+            f"single-threaded sessions) is {(detector_ms + recognizer_ms) / spent:.0%} of the "
+            f"{spent:.1f} ms the services spend."
+        )
     small_p50 = ours[("small photos", 1)][1]
     for set_name in ("12 MP JPEG", "12 MP HEIC"):
         console.print(
             f"{set_name}: services p50 at concurrency 1 is "
             f"{ours[(set_name, 1)][1] / small_p50:.2f}x the small photos' p50; at concurrency "
             f"4 the services do {ours[(set_name, 4)][0] / library[(set_name, 4)][0]:.2f}x "
-            "in-process insightface's throughput at concurrency 4."
+            "in-process insightface's throughput at concurrency 4; the library spends "
+            f"{library[(set_name, 4)][3] / ours[(set_name, 4)][3]:.2f}x the services' CPU "
+            "per photo."
         )
 
 

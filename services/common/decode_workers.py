@@ -31,7 +31,15 @@ import numpy as np
 import numpy.typing as npt
 
 from services.common.errors import FaceScoreError, Reason
-from services.common.images import JPEG_SCALES, DecodedImage, decode_image, shrink
+from services.common.images import (
+    JPEG_SCALES,
+    DecodedImage,
+    box_pixels,
+    decode_boxes,
+    decode_image,
+    shrink,
+)
+from services.common.memory import retain_freed_memory
 
 # spawn, not fork: the parent runs gRPC and ONNX Runtime threads, which fork would copy mid-state.
 _CONTEXT = multiprocessing.get_context("spawn")
@@ -83,15 +91,25 @@ def decode_regions(
     cut from a decode of at least `min_scale`."""
     decoded = _held.full
     if decoded is None:
+        # A JPEG: the smallest DCT scale that reaches min_scale, only the boxes converted.
         scale = next((s for s in JPEG_SCALES if s >= min_scale), 1.0)
-        decoded = _decode(_held.data, limits, fit=1, min_scale=scale)
+        (sx, sy), cut = decode_boxes(
+            _held.data,
+            limits.max_bytes,
+            limits.max_pixels,
+            boxes,
+            max_jpeg_scans=limits.max_jpeg_scans,
+            min_scale=scale,
+        )
+        return [
+            Region(bgr=pixels, origin=(left / sx, top / sy), scale=(sx, sy))
+            for pixels, (left, top) in cut
+        ]
     sx, sy = decoded.scale
     regions = []
-    for x1, y1, x2, y2 in boxes:
-        left, top = max(0, int(x1 * sx)), max(0, int(y1 * sy))
-        right = min(decoded.width, int(np.ceil(x2 * sx)))
-        bottom = min(decoded.height, int(np.ceil(y2 * sy)))
-        pixels = np.ascontiguousarray(decoded.bgr[top : max(top, bottom), left : max(left, right)])
+    for box in boxes:
+        left, top, right, bottom = box_pixels(box, (sx, sy), (decoded.width, decoded.height))
+        pixels = np.ascontiguousarray(decoded.bgr[top:bottom, left:right])
         regions.append(Region(bgr=pixels, origin=(left / sx, top / sy), scale=(sx, sy)))
     return regions
 
@@ -120,6 +138,7 @@ def _cpu_seconds() -> float:
 
 def _worker_main(conn: multiprocessing.connection.Connection, budget_s: float) -> None:
     """A worker's loop: run each function sent, answer its result or its refusal."""
+    retain_freed_memory()
     _, hard = resource.getrlimit(resource.RLIMIT_CPU)
     while True:
         try:

@@ -13,8 +13,11 @@ import hashlib
 import io
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 import pillow_heif
@@ -92,6 +95,73 @@ def decode_image(
     still has `fit` pixels, and at least `min_scale` of the original; other formats, whose
     decoders cannot scale, are decoded at full size (see `shrink`).
     """
+    bgr, fmt, sha256, original = _decode(
+        data, max_bytes, max_pixels, max_jpeg_scans, fit, min_scale, lambda image, _: _to_bgr(image)
+    )
+    return DecodedImage(bgr=bgr, format=fmt, sha256=sha256, original_size=original)
+
+
+Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in the photo's own pixels
+
+
+def decode_boxes(
+    data: bytes,
+    max_bytes: int,
+    max_pixels: int,
+    boxes: list[Box],
+    *,
+    max_jpeg_scans: int = DEFAULT_MAX_JPEG_SCANS,
+    min_scale: float = 0.0,
+) -> tuple[tuple[float, float], list[tuple[npt.NDArray[np.uint8], tuple[int, int]]]]:
+    """The pixels inside `boxes` of a decode of at least `min_scale` (a JPEG's smallest DCT
+    scale that reaches it), refused as `decode_image` refuses.
+
+    Returns the scale decoded (decoded pixels per original pixel, across and down) and, per
+    box, its BGR pixels and the decoded position of their top-left corner. Only the boxes are
+    converted to BGR: on a 12 MP photo that conversion costs more than the decode.
+    """
+
+    def cut(image: Image.Image, original: tuple[int, int]) -> tuple[Any, Any]:
+        scale = (image.width / original[0], image.height / original[1])
+        regions = []
+        for box in boxes:
+            left, top, right, bottom = box_pixels(box, scale, image.size)
+            pixels = (
+                _to_bgr(image.crop((left, top, right, bottom)))
+                if right > left and bottom > top
+                else np.zeros((bottom - top, right - left, 3), np.uint8)
+            )
+            regions.append((pixels, (left, top)))
+        return scale, regions
+
+    cut_out, *_ = _decode(data, max_bytes, max_pixels, max_jpeg_scans, 1, min_scale, cut)
+    scale, regions = cut_out
+    return scale, regions
+
+
+def box_pixels(
+    box: Box, scale: tuple[float, float], size: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """`box` in the pixels of a decode at `scale` of `size` (width, height): left, top, right,
+    bottom, rounded outwards and kept inside the decode."""
+    (sx, sy), (width, height) = scale, size
+    x1, y1, x2, y2 = box
+    left, top = max(0, int(x1 * sx)), max(0, int(y1 * sy))
+    right, bottom = min(width, math.ceil(x2 * sx)), min(height, math.ceil(y2 * sy))
+    return left, top, max(left, right), max(top, bottom)
+
+
+def _decode(
+    data: bytes,
+    max_bytes: int,
+    max_pixels: int,
+    max_jpeg_scans: int,
+    fit: int | None,
+    min_scale: float,
+    convert: Callable[[Image.Image, tuple[int, int]], Any],
+) -> tuple[Any, str, str, tuple[int, int]]:
+    """`convert(image, original size)` of the loaded photo, EXIF orientation applied, with
+    its format, SHA-256 and original size; refusals raise FaceScoreError."""
     if not data:
         raise FaceScoreError(Reason.EMPTY_IMAGE, "the image is empty")
     if len(data) > max_bytes:
@@ -135,14 +205,14 @@ def decode_image(
             image.load()
             _apply_orientation(image)
             original = _oriented_size(image, width, height)
-            bgr = _to_bgr(image)
+            converted = convert(image, original)
         except MemoryError:
             raise
         except FaceScoreError:
             raise
         except Exception as exc:
             raise _corrupt(fmt, exc) from exc
-    return DecodedImage(bgr=bgr, format=fmt, sha256=sha256, original_size=original)
+    return converted, fmt, sha256, original
 
 
 def header_pixels(data: bytes) -> int | None:
@@ -250,7 +320,9 @@ def _to_bgr(image: Image.Image) -> npt.NDArray[np.uint8]:
         white = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(white, image.convert("RGBA"))
     rgb = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
-    return np.ascontiguousarray(rgb[:, :, ::-1])
+    # OpenCV's swap is 2.4x faster than copying numpy's reversed view (53 against 129 ms CPU for
+    # a 12 MP photo, where it cost more than the decode itself).
+    return np.asarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), np.uint8)
 
 
 def _sniff(data: bytes, *, allowed: bool) -> str | None:

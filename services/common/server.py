@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from services.common.errors import FaceScoreError, Reason
 from services.common.logging import REQUEST_ID_HEADER, request_id_from
+from services.common.memory import retain_freed_memory
 from services.common.metrics import GRPC_LATENCY, GRPC_REQUESTS, start_side_port
 from services.common.settings import ServerSettings
 
@@ -187,6 +188,7 @@ async def serve(
     service: Service, settings: ServerSettings, stopping: asyncio.Event | None = None
 ) -> int:
     """Run `service` until SIGTERM, SIGINT or `stopping`; returns the process exit code."""
+    retain_freed_memory()
     ready = False
     failure: str | None = None
     health = HealthServicer()

@@ -16,7 +16,14 @@ import pytest
 from PIL import Image, ImageFile, features
 
 from services.common.errors import FaceScoreError, Reason
-from services.common.images import DecodedImage, decode_image, jpeg_scan_count, shrink
+from services.common.images import (
+    DecodedImage,
+    box_pixels,
+    decode_boxes,
+    decode_image,
+    jpeg_scan_count,
+    shrink,
+)
 from tests.pngs import dense_bomb, png_from_chunks
 
 MAX_BYTES = 20 * 1024 * 1024
@@ -467,6 +474,25 @@ def test_a_jpeg_decodes_at_the_scale_asked_with_its_original_size(t1_small: Imag
     assert np.abs(scaled.bgr.astype(np.int16) - reduced).mean() < 3
     at_least_half = decode_image(data, MAX_BYTES, MAX_PIXELS, fit=640, min_scale=0.5)
     assert (at_least_half.width, at_least_half.height) == (884, 1280)
+
+
+@pytest.mark.parametrize("min_scale", [0.5, 1.0])
+def test_boxes_are_the_pixels_of_the_whole_decode(t1_small: Image.Image, min_scale: float) -> None:
+    """Only the boxes are converted, in the photo's own (EXIF-turned) pixels, at the DCT
+    scale asked; a box reaching past the edge is cut at it."""
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+    data = encode(t1_small.resize((2560, 1768)), "JPEG", quality=95, exif=exif.tobytes())
+    boxes = [(100.0, 200.5, 700.2, 900.9), (1500.0, 2300.0, 1900.0, 2700.0)]
+    whole = decode_image(data, MAX_BYTES, MAX_PIXELS, fit=1, min_scale=min_scale)
+    scale, cut = decode_boxes(data, MAX_BYTES, MAX_PIXELS, boxes, min_scale=min_scale)
+    assert scale == whole.scale == (min_scale, min_scale)
+    for box, (pixels, corner) in zip(boxes, cut, strict=True):
+        left, top, right, bottom = box_pixels(box, scale, (whole.width, whole.height))
+        assert corner == (left, top)
+        assert pixels.shape == (bottom - top, right - left, 3)
+        assert np.array_equal(pixels, whole.bgr[top:bottom, left:right])
+    assert bottom == whole.height  # the second box ends past the photo's lower edge
 
 
 def test_formats_without_dct_scaling_shrink_by_a_box_filter(t1_small: Image.Image) -> None:
