@@ -4,6 +4,9 @@ ORT ?= cpu
 # uv from PATH; when missing, `make` installs it with pip into ~/.local/bin (see .uv below).
 UV ?= $(or $(shell command -v uv 2>/dev/null),$(HOME)/.local/bin/uv)
 RUN = $(UV) run --no-sync
+# uv installed just now lies off PATH: the recipes, and the tests and scripts they start
+# (Compose v2 and hadolint come through uvx), find it beside the others.
+export PATH := $(patsubst %/,%,$(dir $(UV))):$(PATH)
 SRC = facescore services gateway nginx tests benchmarks
 NGINX ?= $(shell command -v nginx || echo /usr/sbin/nginx)
 
