@@ -162,58 +162,58 @@ def _enroll(args: argparse.Namespace) -> int:
         return 130
 
 
-def _admin_backup(args: argparse.Namespace) -> int:
-    from facescore.admin.backup import AdminError, backup
+def _admin(
+    command: Callable[[argparse.Namespace], int | None],
+) -> Callable[[argparse.Namespace], int]:
+    """An admin command whose AdminError is one line on stderr and exit status 1."""
+
+    def run(args: argparse.Namespace) -> int:
+        from facescore.admin.backup import AdminError
+
+        try:
+            return command(args) or 0
+        except AdminError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+@_admin
+def _admin_backup(args: argparse.Namespace) -> None:
+    from facescore.admin.backup import backup
     from services.score.settings import ScoreSettings
 
-    try:
-        backup(
-            ScoreSettings(),
-            args.dest,
-            include_redis=not args.skip_redis,
-            score_target=args.score or os.environ.get("FACESCORE_SCORE_TARGET") or _score_address(),
-        )
-    except AdminError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    backup(
+        ScoreSettings(),
+        args.dest,
+        include_redis=not args.skip_redis,
+        score_target=args.score or os.environ.get("FACESCORE_SCORE_TARGET") or _score_address(),
+    )
 
 
-def _admin_restore(args: argparse.Namespace) -> int:
-    from facescore.admin.backup import AdminError, restore
+@_admin
+def _admin_restore(args: argparse.Namespace) -> None:
+    from facescore.admin.backup import restore
     from services.score.settings import ScoreSettings
 
-    try:
-        restore(ScoreSettings(), args.src, yes=args.yes)
-    except AdminError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    restore(ScoreSettings(), args.src, yes=args.yes)
 
 
+@_admin
 def _admin_check(args: argparse.Namespace) -> int:
-    from facescore.admin.backup import AdminError
     from facescore.admin.check import check
     from services.score.settings import ScoreSettings
 
-    try:
-        return check(ScoreSettings(), fix=args.repair)
-    except AdminError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    return check(ScoreSettings(), fix=args.repair)
 
 
-def _admin_migrate(args: argparse.Namespace) -> int:
-    from facescore.admin.backup import AdminError
+@_admin
+def _admin_migrate(args: argparse.Namespace) -> None:
     from facescore.admin.migrate import migrate
     from services.score.settings import ScoreSettings
 
-    try:
-        migrate(ScoreSettings(), to_url=args.to, from_url=args.from_)
-    except AdminError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    migrate(ScoreSettings(), to_url=args.to, from_url=args.from_)
 
 
 def _model_dir(args: argparse.Namespace) -> Path:

@@ -235,7 +235,7 @@ class EdgeEngine:
                 Reason.INTERNAL, f"no collection {name} in {self.root}", grpc.StatusCode.INTERNAL
             )
         folder = self.root / name
-        if not (folder / SHARD_DIR).exists() or (folder / OLD_DIR).exists():
+        if _mid_swap(folder):
             recover(folder)
         shard = await self._run(load_shard, self.root, folder / SHARD_DIR)
         self._shards[name] = shard
