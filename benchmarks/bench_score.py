@@ -284,7 +284,7 @@ def fill_gallery(
     data_dir: Path, info: score_pb2.ServiceInfo, gallery: str, first: int, total: int
 ) -> None:
     """Write synthetic faces first..total-1 straight into the embedded engine (service stopped)
-    and build its HNSW index.
+    and build its index (binary codes by default).
 
     Random unit vectors, with the payload fields Enroll writes that searches and listings read
     (no subject records in the registry: Identify does not read them).
@@ -313,7 +313,7 @@ async def _fill(
                 )
                 points.append(Point(point_id, payload, vector.tolist()))
             await engine.upsert(info.collection, points)
-        if isinstance(engine, EdgeEngine):  # build the HNSW index now, as score would after
+        if isinstance(engine, EdgeEngine):  # build the index now, as score would after
             await engine.optimize(info.collection)
     finally:
         await engine.close()
@@ -565,7 +565,7 @@ def main() -> None:
         # 3. Identify against larger galleries: synthetic faces written into embedded Qdrant.
         scale = Table(
             title=f"Identify against a gallery of N faces, one call at a time, "
-            f"{args.scale_calls} calls per column (embedded engine, HNSW)"
+            f"{args.scale_calls} calls per column (embedded engine, default settings)"
         )
         tail = "p99 ms" if args.scale_calls >= 100 else "max ms"
         for column in ("faces", "photo cached: p50 ms", tail, "uncached: p50 ms", f"{tail} "):

@@ -35,6 +35,7 @@ from services.score.settings import ScoreSettings
 from services.score.storage import (
     EdgeEngine,
     GalleryStore,
+    IndexOptions,
     ModelIdentity,
     Point,
     SearchTuning,
@@ -54,7 +55,18 @@ FEW = 26
 class Setting:
     label: str
     tuning: SearchTuning
-    quantization: bool = False
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One store: how its vectors are kept and indexed, and the search settings tried on it."""
+
+    label: str
+    index: IndexOptions
+    settings: list[Setting]
+
+
+SCAN = IndexOptions(hnsw_m=0, quantization="binary")  # the embedded default
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
@@ -101,23 +113,24 @@ def real_faces() -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(stored, np.float32), np.asarray(queries, np.float32)
 
 
-def settings_for(data_dir: Path, setting: Setting) -> ScoreSettings:
+def settings_for(data_dir: Path, index: IndexOptions, setting: Setting) -> ScoreSettings:
     tuning = setting.tuning
     return ScoreSettings(
         data_dir=data_dir,
-        quantization=setting.quantization,
+        hnsw_m=index.hnsw_m,
+        quantization=index.quantization,
         search_hnsw_ef=tuning.hnsw_ef or 128,
         search_exact=tuning.exact,
-        search_oversampling=tuning.oversampling,
+        search_oversampling=tuning.oversampling or 1.0,
         index_delay_s=3600,  # built here, timed, not in the background
     )
 
 
 async def fill(
-    data_dir: Path, vectors: np.ndarray, few: np.ndarray, quantization: bool
+    data_dir: Path, vectors: np.ndarray, few: np.ndarray, index: IndexOptions
 ) -> dict[str, float]:
     """Write the faces through the engine, then build the index; seconds and rates."""
-    settings = settings_for(data_dir, Setting("fill", SearchTuning(), quantization))
+    settings = settings_for(data_dir, index, Setting("fill", SearchTuning()))
     store = await open_store(settings, IDENTITY)
     try:
         for name in ("big", "few"):
@@ -163,7 +176,7 @@ def p(values: Sequence[float], q: float) -> float:
 
 async def frontier(
     data_dir: Path,
-    settings: list[Setting],
+    layout: Layout,
     queries: np.ndarray,
     few_queries: np.ndarray,
     exact_top: list[str],
@@ -174,8 +187,8 @@ async def frontier(
     """One row per setting; the last `real` queries are the mirrored photos."""
     counted = exact_best >= THRESHOLD
     synthetic_rows = np.arange(len(queries)) < len(queries) - real
-    for setting in settings:
-        store = await open_store(settings_for(data_dir, setting), IDENTITY)
+    for setting in layout.settings:
+        store = await open_store(settings_for(data_dir, layout.index, setting), IDENTITY)
         try:
             await timed_searches(store, "big", queries[:20])  # warm the caches
             top, latencies, _ = await timed_searches(store, "big", queries)
@@ -213,9 +226,11 @@ import asyncio, sys, time, resource
 from pathlib import Path
 began = time.perf_counter()
 from benchmarks.bench_storage import IDENTITY, settings_for, Setting
-from services.score.storage import SearchTuning, open_store
+from services.score.storage import IndexOptions, SearchTuning, open_store
 async def main():
-    store = await open_store(settings_for(Path(sys.argv[1]), Setting("", SearchTuning())), IDENTITY)
+    index = IndexOptions(hnsw_m=int(sys.argv[2]), quantization=sys.argv[3])
+    settings = settings_for(Path(sys.argv[1]), index, Setting("", SearchTuning()))
+    store = await open_store(settings, IDENTITY)
     await store.search("big", [1.0] + [0.0] * 511, 5)
     serving = time.perf_counter() - began
     rss = int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) / 1024
@@ -225,11 +240,11 @@ asyncio.run(main())
 """
 
 
-def start_and_memory(data_dir: Path) -> tuple[float, float]:
+def start_and_memory(data_dir: Path, index: IndexOptions) -> tuple[float, float]:
     """A fresh process opening the store and answering one search: seconds and RSS MiB."""
     out = (
         subprocess.run(
-            [sys.executable, "-c", PROBE, str(data_dir)],
+            [sys.executable, "-c", PROBE, str(data_dir), str(index.hnsw_m), index.quantization],
             capture_output=True,
             text=True,
             check=True,
@@ -243,17 +258,39 @@ def start_and_memory(data_dir: Path) -> tuple[float, float]:
 
 
 DEFAULT_EFS = (64, 128, 256, 512, 1024)
+LAYOUTS = ("scan", "graph", "graph-int8")
 
 
-def default_settings(efs: Sequence[int]) -> list[Setting]:
-    return [Setting("exact", SearchTuning(exact=True))] + [
-        Setting(f"hnsw ef {ef}", SearchTuning(hnsw_ef=ef)) for ef in efs
-    ]
+def layouts(names: Sequence[str], efs: Sequence[int]) -> list[Layout]:
+    exact = Setting("exact", SearchTuning(exact=True))
+    offered = {
+        "scan": Layout(
+            "binary codes, no graph (the embedded default)",
+            SCAN,
+            [exact]
+            + [
+                Setting(f"scan binary, rescore x{o:g}", SearchTuning(oversampling=o))
+                for o in (1.0, 2.0, 4.0)
+            ],
+        ),
+        "graph": Layout(
+            "HNSW m 16, float32",
+            IndexOptions(hnsw_m=16, quantization="none"),
+            [exact] + [Setting(f"hnsw ef {ef}", SearchTuning(hnsw_ef=ef)) for ef in efs],
+        ),
+        "graph-int8": Layout(
+            "HNSW m 16, int8",
+            IndexOptions(hnsw_m=16, quantization="int8"),
+            [
+                Setting(f"int8 + rescore x2, ef {ef}", SearchTuning(hnsw_ef=ef, oversampling=2.0))
+                for ef in efs[1:]
+            ],
+        ),
+    }
+    return [offered[name] for name in names]
 
 
-async def run(
-    size: int, queries_n: int, efs: Sequence[int], quantization: bool, console: Console
-) -> None:
+async def run(size: int, queries_n: int, plans: Sequence[Layout], console: Console) -> None:
     work = Path(tempfile.mkdtemp(prefix="facescore-bench-storage-"))
     photos, mirrored = real_faces()
     vectors = np.vstack([synthetic(size - len(photos)), photos])  # the photos among them
@@ -275,31 +312,14 @@ async def run(
             else [int(np.argmax(vectors @ q)) for q in queries]
         )
     ]
-    plans = [(work / "plain", False, default_settings(efs))]
-    if quantization:
-        plans.append(
-            (
-                work / "int8",
-                True,
-                [
-                    Setting(
-                        f"int8 + rescore x{o:g}, ef {ef}",
-                        SearchTuning(hnsw_ef=ef, oversampling=o),
-                        True,
-                    )
-                    for ef in efs[1:]
-                    for o in (2.0, 4.0)
-                ],
-            )
-        )
-    for data_dir, quantized, settings in plans:
-        figures = await fill(data_dir, vectors, few, quantized)
-        serving, rss = start_and_memory(data_dir)
+    for number, layout in enumerate(plans):
+        data_dir = work / f"store-{number}"
+        figures = await fill(data_dir, vectors, few, layout.index)
+        serving, rss = start_and_memory(data_dir, layout.index)
         console.print(
-            f"{size:,} faces ({'int8 quantized' if quantized else 'float32'}): inserted in "
-            f"{figures['insert_s']:.1f} s ({figures['insert_per_s']:,.0f} faces/s), HNSW built in "
-            f"{figures['index_s']:.1f} s; a fresh process serves after {serving:.2f} s with "
-            f"RSS {rss:,.0f} MiB"
+            f"{size:,} faces, {layout.label}: inserted in {figures['insert_s']:.1f} s "
+            f"({figures['insert_per_s']:,.0f} faces/s), index built in {figures['index_s']:.1f} s; "
+            f"a fresh process serves after {serving:.2f} s with RSS {rss:,.0f} MiB"
         )
         table = Table(
             title=f"Search among {size:,} faces, top-5, {len(queries)} queries at cosine 0.45-0.8 "
@@ -315,7 +335,7 @@ async def run(
         ):
             table.add_column(column, justify="right")
         await frontier(
-            data_dir, settings, queries, few_queries, exact_top, exact_best, table, len(mirrored)
+            data_dir, layout, queries, few_queries, exact_top, exact_best, table, len(mirrored)
         )
         console.print(table)
     shutil.rmtree(work, ignore_errors=True)
@@ -336,12 +356,18 @@ def main() -> None:
     parser.add_argument(
         "--ef", default=",".join(map(str, DEFAULT_EFS)), help="HNSW ef values to try"
     )
-    parser.add_argument("--no-quantization", action="store_true", help="skip the int8 collection")
+    parser.add_argument(
+        "--layouts",
+        default="scan,graph",
+        help=f"stores to build and search, comma-separated, of {', '.join(LAYOUTS)} (the "
+        "graphs' builds take minutes per 100,000 faces on 2 cores)",
+    )
     args = parser.parse_args()
     console = Console(width=140)
     efs = [int(e) for e in args.ef.split(",") if e]
+    plans = layouts([name for name in args.layouts.split(",") if name], efs)
     for size in (int(s) for s in args.sizes.split(",") if s):
-        asyncio.run(run(size, args.queries, efs, not args.no_quantization, console))
+        asyncio.run(run(size, args.queries, plans, console))
 
 
 if __name__ == "__main__":

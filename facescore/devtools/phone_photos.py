@@ -62,12 +62,16 @@ def encode(image: Image.Image, fmt: str, orientation: int = 1, quality: int = 90
     return buffer.getvalue()
 
 
-def phone_photos(formats: tuple[str, ...] = ("JPEG", "HEIF")) -> list[PhonePhoto]:
-    """Every sample photo at 12 MP in each format, portrait photos stored EXIF-rotated."""
+def phone_photos(
+    formats: tuple[str, ...] = ("JPEG", "HEIF"), size: tuple[int, int] = PHONE_SIZE
+) -> list[PhonePhoto]:
+    """Every sample photo at 12 MP (or `size`) in each format, portrait photos stored
+    EXIF-rotated. The same frames at 800x600 are the like-for-like small photos: the same
+    faces, fewer pixels."""
     photos = []
     for name, (path, faces) in sample_sources().items():
         with Image.open(path) as source:
-            frame = phone_frame(source)
+            frame = phone_frame(source, size)
         orientation = ROTATED_90 if frame.height > frame.width else 1
         for fmt in formats:
             data = encode(frame, fmt, orientation)

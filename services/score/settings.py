@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -49,13 +49,23 @@ class ScoreSettings(ServerSettings):
         description="For FORCE_INIT: the faces collection's name (GetServiceInfo, /health); "
         "start-up fails when FORCE_INIT is set and this differs.",
     )
-    hnsw_m: int = Field(16, ge=4, description="HNSW graph degree of the faces collection.")
+    hnsw_m: int | None = Field(
+        None,
+        ge=0,
+        description="HNSW graph degree of new faces collections; 0 = no graph: every search "
+        "scans its gallery's quantized vectors and rescores the best. Unset: 0 embedded "
+        "(measured faster at full recall up to a million faces, docs/benchmarks.md), 16 on a "
+        "Qdrant server.",
+    )
     hnsw_ef_construct: int = Field(100, ge=4, description="HNSW build-time search width.")
-    on_disk: bool = Field(False, description="Keep vectors and the HNSW index on disk.")
-    quantization: bool = Field(
-        False,
-        description="Int8 scalar quantization of new faces collections (a quarter of the "
-        "memory); searches rescore with the original vectors.",
+    on_disk: bool = Field(
+        False, description="Keep the original vectors and the HNSW index on disk (memory-mapped)."
+    )
+    quantization: Literal["none", "int8", "binary"] | None = Field(
+        None,
+        description="Quantized copy of new faces collections' vectors that searches scan or "
+        "walk first, rescoring with the originals: binary (1 bit a dimension, for scanning), "
+        "int8 (for a graph) or none. Unset: binary without a graph, none with one.",
     )
     search_hnsw_ef: int = Field(
         1024,
@@ -64,10 +74,10 @@ class ScoreSettings(ServerSettings):
         "the narrowest that kept top-1 recall at 99.5% on random vectors (docs/benchmarks.md).",
     )
     search_exact: bool = Field(
-        False, description="Score every face of the gallery instead of walking the HNSW graph."
+        False, description="Score every face of the gallery with its original vector."
     )
-    search_oversampling: float | None = Field(
-        None, ge=1, description="With quantization: candidates fetched per result, rescored."
+    search_oversampling: float = Field(
+        2.0, ge=1, description="With quantization: candidates fetched per result, rescored."
     )
     index_threshold_kb: int = Field(
         20_000,
@@ -119,6 +129,22 @@ class ScoreSettings(ServerSettings):
     )
     min_detection_score: float = Field(0.6, ge=0, le=1, description="Enroll gate: detection score.")
     max_abs_yaw: float = Field(60.0, ge=0, le=90, description="Enroll gate: |yaw| in degrees.")
+
+    @field_validator("hnsw_m")
+    @classmethod
+    def _graph_degree(cls, value: int | None) -> int | None:
+        if value is not None and 0 < value < 4:
+            raise ValueError("HNSW_M is 0 (no graph) or at least 4")
+        return value
+
+    @field_validator("quantization", mode="before")
+    @classmethod
+    def _quantization_flag(cls, value: object) -> object:
+        """SCORE_QUANTIZATION was a flag for int8: true/false still mean int8/none."""
+        flags = {"true": "int8", "1": "int8", "yes": "int8", "false": "none", "0": "none"}
+        if isinstance(value, bool):
+            return "int8" if value else "none"
+        return flags.get(str(value).strip().lower(), value) if value is not None else None
 
     @field_validator("redis_sentinels")
     @classmethod

@@ -146,3 +146,52 @@ async def test_small_gallery_beside_a_large_one(tmp_path: Path) -> None:
         )
     finally:
         await store.close()
+
+
+async def test_a_gallery_holding_most_faces_is_searched_without_the_filter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine scans unfiltered faster; the gallery's faces among the collection's nearest
+    are the gallery's nearest, and once another gallery's faces come up the search filters."""
+    rng = np.random.default_rng(21)
+    vectors = unit(rng.standard_normal((200, DIM)))
+    subjects = [f"s{i}" for i in range(len(vectors))]
+    cluster = unit(rng.standard_normal(DIM))
+    other = unit(cluster + 0.1 * rng.standard_normal((20, DIM)))  # close together
+    store = await make_store(tmp_path)
+    asked: list[object] = []
+    original = store.engine.query
+
+    async def recorded(
+        name: str, vector: object, limit: int, where: object, **kw: object
+    ) -> object:
+        asked.append(where)
+        return await original(name, vector, limit, where, **kw)  # type: ignore[arg-type]
+
+    try:
+        ids = await fill(store, "big", vectors, subjects)
+        await fill(store, "small", other, [f"o{i}" for i in range(len(other))])
+        monkeypatch.setattr(store.engine, "query", recorded)
+        # Near a face of "big", far from "small": one unfiltered query answers.
+        query = unit(vectors[3] - cluster)
+        hits = await store.search("big", query.tolist(), 3)
+        assert [(h.subject_id, h.face_id) for h in hits] == reference(
+            vectors, subjects, ids, query, 3
+        )
+        assert asked == [None]
+        # Near "small"'s faces: they fill the unfiltered answer, are dropped, and the next
+        # query filters; the answer is still big's own nearest.
+        asked.clear()
+        query = cluster
+        hits = await store.search("big", query.tolist(), 3)
+        assert [(h.subject_id, h.face_id) for h in hits] == reference(
+            vectors, subjects, ids, query, 3
+        )
+        assert asked == [None, {"gallery": "big"}]
+        # The small gallery is searched with its filter from the start.
+        asked.clear()
+        hits = await store.search("small", query.tolist(), 3)
+        assert {h.subject_id for h in hits} <= {f"o{i}" for i in range(len(other))}
+        assert asked == [{"gallery": "small"}]
+    finally:
+        await store.close()

@@ -6,7 +6,14 @@ from __future__ import annotations
 
 from services.score.settings import ScoreSettings
 from services.score.storage.edge import EdgeEngine, StorageInUse
-from services.score.storage.engine import CollectionSpec, Engine, Point, Scored, SearchTuning
+from services.score.storage.engine import (
+    CollectionSpec,
+    Engine,
+    IndexOptions,
+    Point,
+    Scored,
+    SearchTuning,
+)
 from services.score.storage.layout import (
     GalleryRecord,
     Hit,
@@ -28,14 +35,17 @@ __all__ = [
     "GalleryRecord",
     "GalleryStore",
     "Hit",
+    "IndexOptions",
     "ModelIdentity",
     "Point",
     "Scored",
+    "SearchTuning",
     "ServerEngine",
     "StorageInUse",
     "SubjectRecord",
     "edge_root",
     "face_id",
+    "index_options",
     "now_ms",
     "open_engine",
     "open_store",
@@ -61,29 +71,36 @@ def tuning(settings: ScoreSettings) -> SearchTuning:
     )
 
 
+def index_options(settings: ScoreSettings) -> IndexOptions:
+    """SCORE_HNSW_M and SCORE_QUANTIZATION, unset ones by backend: embedded scans binary
+    codes without a graph; a server walks an HNSW graph of the original vectors."""
+    m = settings.hnsw_m if settings.hnsw_m is not None else (16 if settings.qdrant_url else 0)
+    return IndexOptions(
+        hnsw_m=m,
+        hnsw_ef_construct=settings.hnsw_ef_construct,
+        quantization=settings.quantization or ("none" if m else "binary"),
+        on_disk=settings.on_disk,
+    )
+
+
 async def open_engine(settings: ScoreSettings) -> Engine:
     """The engine SCORE_QDRANT_URL asks for: a Qdrant server, else the embedded engine under
     DATA_DIR/edge (converting a store left by qdrant-client's local mode first, once)."""
-    common = {
-        "tuning": tuning(settings),
-        "hnsw_m": settings.hnsw_m,
-        "hnsw_ef_construct": settings.hnsw_ef_construct,
-        "quantization": settings.quantization,
-        "on_disk": settings.on_disk,
-    }
     if settings.qdrant_url:
         key = settings.qdrant_api_key
         return ServerEngine(
             settings.qdrant_url,
             key.get_secret_value() if key else None,
             settings.qdrant_timeout_s,
-            **common,  # type: ignore[arg-type]
+            tuning=tuning(settings),
+            index=index_options(settings),
         )
     engine = EdgeEngine(
         settings.data_dir / EDGE_DIR,
+        tuning=tuning(settings),
+        index=index_options(settings),
         indexing_threshold_kb=settings.index_threshold_kb,
         index_delay_s=settings.index_delay_s,
-        **common,  # type: ignore[arg-type]
     )
     await convert_local_mode(settings.data_dir, engine)
     return engine

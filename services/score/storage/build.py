@@ -21,7 +21,7 @@ from services.score.storage.edge import (
     VECTORS_FILE,
     EdgeEngine,
 )
-from services.score.storage.engine import CollectionSpec
+from services.score.storage.engine import CollectionSpec, IndexOptions
 
 BATCH = 1000
 
@@ -31,11 +31,8 @@ def build(folder: Path) -> None:
     spec = CollectionSpec(options["size"], options["distance"], {}, options["indexes"])
     engine = EdgeEngine(
         folder,
-        hnsw_m=options["hnsw_m"],
-        hnsw_ef_construct=options["hnsw_ef_construct"],
+        index=IndexOptions(**options["index"]),
         indexing_threshold_kb=options["indexing_threshold_kb"],
-        quantization=options["quantization"],
-        on_disk=options["on_disk"],
     )
     shard = qe.EdgeShard.create(str(folder / SHARD_DIR), engine.config(spec))
     for field, tenant in spec.indexes.items():

@@ -1,9 +1,15 @@
 """Identify's search: the best face of each of the top_k most similar subjects of a gallery.
 
-Nearest faces of the gallery (the engine's tenant index and query planner choose between
-the HNSW graph and an exact scan of a small gallery), kept at the first, best face per subject.
-When the faces found hold fewer than top_k subjects (a few subjects with many faces each), the
-next query leaves out the subjects already found, so each round adds at least one subject.
+Nearest faces of the gallery (the engine's tenant index and query planner choose how to
+search it), kept at the first, best face per subject. When the faces found hold fewer than
+top_k subjects (a few subjects with many faces each), the next query leaves out the subjects
+already found, so each round adds at least one subject.
+
+A gallery that holds most of its collection (the usual single-gallery service) is searched
+without the gallery filter: the engine scans unfiltered about twice as fast (measured at
+100,000 faces, docs/benchmarks.md). That is exact, not a guess: the gallery's faces among
+the nearest faces of the whole collection are the gallery's nearest faces, so other
+galleries' faces are dropped and, once any come up, the next rounds ask with the filter.
 """
 
 from __future__ import annotations
@@ -14,11 +20,18 @@ from services.score.storage.engine import Engine
 from services.score.storage.layout import Hit
 
 OVERFETCH = 4  # faces asked for per subject still missing
+UNFILTERED_SHARE = 0.5  # a gallery with more of its collection's faces is searched unfiltered
 
 
 async def best_per_subject(
     engine: Engine, collection: str, gallery: str, vector: Sequence[float], top_k: int
 ) -> list[Hit]:
+    own = {"gallery": gallery}
+    where: dict[str, str] | None = own
+    if await engine.count(collection, own, estimate=True) > UNFILTERED_SHARE * (
+        await engine.count(collection, estimate=True)
+    ):
+        where = None
     found: dict[str, Hit] = {}
     while len(found) < top_k:
         limit = (top_k - len(found)) * OVERFETCH
@@ -26,16 +39,19 @@ async def best_per_subject(
             collection,
             vector,
             limit,
-            {"gallery": gallery},
+            where,
             exclude=("subject_id", list(found)),
-            payload=("subject_id",),
+            payload=("subject_id", "gallery"),
         )
-        for point in points:
+        ours = [point for point in points if point.payload.get("gallery") == gallery]
+        for point in ours:
             subject = str(point.payload.get("subject_id", ""))
             if subject and subject not in found:
                 found[subject] = Hit(subject, point.score, point.id)
-        if len(points) < limit:  # the gallery has nothing more
+        if len(points) < limit:  # nothing more matches
             break
+        if len(ours) < len(points):  # other galleries' faces came up: filter from here on
+            where = own
     return sorted(found.values(), key=lambda hit: -hit.similarity)[:top_k]
 
 

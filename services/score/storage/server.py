@@ -15,6 +15,7 @@ from services.common.errors import FaceScoreError, Reason
 from services.score.storage.engine import (
     CollectionSpec,
     Exclude,
+    IndexOptions,
     Point,
     Scored,
     SearchTuning,
@@ -37,6 +38,22 @@ def server_filter(where: Where | None, exclude: Exclude = None) -> models.Filter
     return models.Filter(must=must or None, must_not=must_not or None)
 
 
+GRAPH_THRESHOLD_KB = 10_000  # Qdrant's default full-scan threshold
+
+
+def _quantization(
+    index: IndexOptions, spec: CollectionSpec
+) -> models.ScalarQuantization | models.BinaryQuantization | None:
+    kind = index.quantization_for(spec.size)
+    if kind == "none":
+        return None
+    if kind == "int8":
+        return models.ScalarQuantization(
+            scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, always_ram=True)
+        )
+    return models.BinaryQuantization(binary=models.BinaryQuantizationConfig(always_ram=True))
+
+
 class ServerEngine:
     mode = "server"
 
@@ -47,10 +64,7 @@ class ServerEngine:
         timeout_s: float,
         *,
         tuning: SearchTuning | None = None,
-        hnsw_m: int = 16,
-        hnsw_ef_construct: int = 100,
-        quantization: bool = False,
-        on_disk: bool = False,
+        index: IndexOptions | None = None,
         client: AsyncQdrantClient | None = None,
     ) -> None:
         self.url = url
@@ -58,10 +72,7 @@ class ServerEngine:
             url=url, api_key=api_key, timeout=int(max(1, timeout_s))
         )
         self.tuning = tuning or SearchTuning()
-        self.hnsw_m = hnsw_m
-        self.hnsw_ef_construct = hnsw_ef_construct
-        self.quantization = quantization
-        self.on_disk = on_disk
+        self.index = index or IndexOptions()
 
     @asynccontextmanager
     async def _qdrant(self) -> AsyncIterator[None]:
@@ -115,28 +126,26 @@ class ServerEngine:
 
     async def create(self, name: str, spec: CollectionSpec) -> None:
         cosine = spec.distance == "cosine"
-        quantization = (
-            models.ScalarQuantization(
-                scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, always_ram=True)
-            )
-            if self.quantization and spec.size > 1
-            else None
-        )
+        index = self.index
         async with self._qdrant():
             await self.client.create_collection(
                 name,
                 vectors_config=models.VectorParams(
                     size=spec.size,
                     distance=models.Distance.COSINE if cosine else models.Distance.DOT,
-                    on_disk=self.on_disk if cosine else None,
+                    on_disk=index.on_disk if cosine else None,
                 ),
                 hnsw_config=models.HnswConfigDiff(
-                    m=self.hnsw_m, ef_construct=self.hnsw_ef_construct, on_disk=self.on_disk
+                    m=index.hnsw_m,
+                    ef_construct=index.hnsw_ef_construct,
+                    on_disk=index.on_disk,
+                    payload_m=index.hnsw_m,
+                    full_scan_threshold=index.full_scan_threshold_kb(GRAPH_THRESHOLD_KB),
                 )
                 if cosine
                 else None,
-                quantization_config=quantization,
-                on_disk_payload=self.on_disk if cosine else None,
+                quantization_config=_quantization(index, spec),
+                on_disk_payload=index.on_disk if cosine else None,
                 metadata=spec.metadata or None,
             )
             for field, tenant in spec.indexes.items():
@@ -179,9 +188,11 @@ class ServerEngine:
         async with self._qdrant():
             await self.client.delete(name, selector, wait=True)
 
-    async def count(self, name: str, where: Where | None = None) -> int:
+    async def count(self, name: str, where: Where | None = None, *, estimate: bool = False) -> int:
         async with self._qdrant():
-            result = await self.client.count(name, count_filter=server_filter(where), exact=True)
+            result = await self.client.count(
+                name, count_filter=server_filter(where), exact=not estimate
+            )
         return int(result.count)
 
     async def scroll(
@@ -210,7 +221,7 @@ class ServerEngine:
         name: str,
         vector: Sequence[float],
         limit: int,
-        where: Where,
+        where: Where | None,
         exclude: Exclude = None,
         payload: Sequence[str] = (),
     ) -> list[Scored]:
