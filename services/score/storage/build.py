@@ -1,6 +1,6 @@
 """The child process of an embedded index rebuild: `python -m services.score.storage.build DIR`.
 
-DIR holds the export (vectors.npy, points.jsonl) and options.json; this writes the points
+DIR holds the export (vectors.f32, points.jsonl) and options.json; this writes the points
 into a new shard at DIR/shard, builds its HNSW index (qdrant-edge's optimize(), which holds
 this process's GIL, not score's) and closes it. Exit status 0 when the shard is complete.
 """
@@ -38,7 +38,12 @@ def build(folder: Path) -> None:
     for field, tenant in spec.indexes.items():
         params = qe.KeywordIndexParams(is_tenant=tenant or None)
         shard.update(qe.UpdateOperation.create_field_index(field, params))
-    vectors = np.load(folder / VECTORS_FILE, mmap_mode="r")
+    exported = folder / VECTORS_FILE
+    vectors = (
+        np.memmap(exported, np.float32, "r").reshape(-1, spec.size)
+        if exported.stat().st_size  # numpy cannot map an empty file
+        else np.empty((0, spec.size), np.float32)
+    )
     batch: list[qe.Point] = []
     with (folder / POINTS_FILE).open() as lines:
         for row, line in enumerate(lines):

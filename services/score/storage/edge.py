@@ -49,7 +49,7 @@ NEXT_DIR = "shard.next"  # a rebuilt shard, complete, about to replace SHARD_DIR
 OLD_DIR = "shard.old"  # the replaced shard, deleted once the swap is done
 BUILD_DIR = "build"  # a rebuild's export and its child's shard
 POINTS_FILE = "points.jsonl"
-VECTORS_FILE = "vectors.npy"
+VECTORS_FILE = "vectors.f32"  # float32 rows, one per line of POINTS_FILE
 OPTIONS_FILE = "options.json"
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -443,18 +443,18 @@ class EdgeEngine:
         return True
 
     async def _export(self, name: str, build: Path) -> None:
-        """Every point, in pages (calls go on between them), to vectors.npy + points.jsonl."""
-        vectors: list[list[float]] = []
-        with (build / POINTS_FILE).open("w") as out:
+        """Every point, in pages (calls go on between them), to points.jsonl + vectors.f32,
+        written page by page: a million faces held as Python floats would take 16 GB."""
+        with (build / POINTS_FILE).open("w") as out, (build / VECTORS_FILE).open("wb") as raw:
             offset: str | None = None
             while True:
                 points, offset = await self.scroll(name, None, 2048, offset, with_vector=True)
                 for point in points:
                     out.write(json.dumps([point.id, point.payload]) + "\n")
-                    vectors.append(point.vector or [])
+                if points:
+                    raw.write(np.asarray([p.vector for p in points], np.float32).tobytes())
                 if offset is None:
                     break
-        np.save(build / VECTORS_FILE, np.asarray(vectors, np.float32))
 
     async def _build(self, spec: CollectionSpec, build: Path) -> None:
         options = {
