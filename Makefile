@@ -65,6 +65,7 @@ lint: sync
 	$(RUN) ruff check $(SRC)
 	$(RUN) ruff format --check $(SRC)
 	$(RUN) mypy facescore services gateway nginx
+	$(RUN) mypy -p benchmarks
 
 bench-inference: models
 	$(RUN) python benchmarks/bench_inference.py

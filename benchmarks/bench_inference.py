@@ -57,6 +57,8 @@ def single_face_photos() -> list[bytes]:
     photos = [vectron_file("yaoming.jpg").read_bytes()]
     for path in (vectron_file("players.jpg"), insightface_image("t1.jpg"), vectron_file("gdp.jpg")):
         image = cv2.imread(str(path))
+        if image is None:
+            raise RuntimeError(f"cannot read {path}")
         boxes, _ = detector.detect(image, input_size=(640, 640))
         for x1, y1, x2, y2, _score in boxes:
             margin = 0.6 * max(x2 - x1, y2 - y1)

@@ -105,6 +105,8 @@ def real_faces() -> tuple[np.ndarray, np.ndarray]:
     stored, queries = [], []
     for data in single_face_photos():
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            raise RuntimeError("a shipped photo does not decode")
         mirrored = cv2.imencode(".jpg", cv2.flip(image, 1))[1].tobytes()
         face, twin = pipeline.embed(data), pipeline.embed(mirrored)
         if len(face) and len(twin):
