@@ -12,6 +12,7 @@ import numpy as np
 from facescore.v1 import common_pb2, embed_pb2, embed_pb2_grpc
 from services.common.errors import FaceScoreError, Reason
 from services.common.logging import configure_logging
+from services.common.onnx import CPU
 from services.common.server import serve
 from services.embed.batcher import Batcher
 from services.embed.recognizer import FaceRecognizer
@@ -41,6 +42,8 @@ class EmbedService(embed_pb2_grpc.EmbedServiceServicer):
             max_batch=self.settings.max_batch,
             max_delay_s=self.settings.max_batch_delay_ms / 1000,
             max_queue=self.settings.max_queue,
+            # Shapes cost a GPU provider (cuDNN's search, TensorRT engines), not the CPU.
+            pad_to_buckets=self.recognizer.providers != [CPU],
         )
         batcher.start()
         self._batcher = batcher

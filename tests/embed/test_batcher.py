@@ -60,7 +60,7 @@ async def make_batcher(
 ) -> AsyncIterator[Callable[..., Batcher]]:
     made: list[Batcher] = []
 
-    def make(model: FakeModel, **options: float) -> Batcher:
+    def make(model: FakeModel, pad_to_buckets: bool = True, **options: float) -> Batcher:
         settings = {"max_batch": 4, "max_delay_s": 60.0, "max_queue": 64, **options}
         batcher = Batcher(
             model,
@@ -69,6 +69,7 @@ async def make_batcher(
             max_batch=int(settings["max_batch"]),
             max_delay_s=settings["max_delay_s"],
             max_queue=int(settings["max_queue"]),
+            pad_to_buckets=pad_to_buckets,
         )
         batcher.start()
         made.append(batcher)
@@ -120,6 +121,17 @@ async def test_a_partial_batch_runs_after_the_delay_padded_to_a_bucket(
     result = await asyncio.wait_for(batcher.submit([crop(t) for t in (1, 2, 3)]), WAIT)
     assert tags(result) == [1, 2, 3]  # the padding's results are dropped
     assert model.runs == [[1, 2, 3, 3]]  # 3 crops padded to the bucket of 4
+
+
+async def test_on_the_cpu_a_batch_runs_at_its_own_size(
+    make_batcher: Callable[..., Batcher],
+) -> None:
+    """Without a GPU provider, padding would only add work: 3 crops run as 3."""
+    model = FakeModel()
+    batcher = make_batcher(model, pad_to_buckets=False, max_batch=32, max_delay_s=0.001)
+    result = await asyncio.wait_for(batcher.submit([crop(t) for t in (1, 2, 3)]), WAIT)
+    assert tags(result) == [1, 2, 3]
+    assert model.runs == [[1, 2, 3]]
 
 
 async def test_calls_arriving_during_a_run_share_the_next_one(

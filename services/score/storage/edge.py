@@ -341,7 +341,7 @@ class EdgeEngine:
     ) -> list[Scored]:
         # The whole payload, then the fields asked for: a face's payload is a few short
         # fields, and qdrant-edge 0.9's field selector (PayloadSelector.Include) cost more
-        # than the search itself (measured: 4.5 -> 12 ms at 100,000 faces).
+        # (at 100,000 faces: 12.3 against 3.9 ms in one probe, 7.0 against 6.1 in another).
         request = qe.QueryRequest(
             limit=limit,
             query=qe.Query.Nearest(list(vector)),
