@@ -28,8 +28,10 @@ def batch_buckets(max_batch: int) -> tuple[int, ...]:
 class Batcher:
     """Collects crops until `max_batch` or until the oldest has waited `max_delay_s`.
 
-    One model run at a time: while it runs, new crops queue up and form the next batch,
-    so batching grows with load without adding latency when idle. The queue is bounded
+    At most `workers` model runs at a time (one by default): while they run, new crops
+    queue up and form the next batch, so batching grows with load without adding latency
+    when idle. A second worker lets a CPU run two batches on two cores when the service
+    that feeds it leaves one idle (phone photos of many faces). The queue is bounded
     and a call that would overflow it is refused with RESOURCE_EXHAUSTED. With
     `pad_to_buckets` (a GPU provider) each batch is padded to the next of
     `batch_buckets(max_batch)` and the padding's results are dropped; on the CPU, where a
@@ -47,9 +49,12 @@ class Batcher:
         max_delay_s: float,
         max_queue: int,
         pad_to_buckets: bool = True,
+        workers: int = 1,
     ) -> None:
         self._run = run
         self._pad = pad_to_buckets
+        self._slots = asyncio.Semaphore(workers)
+        self._running: set[asyncio.Task[None]] = set()
         self._executor = executor
         self._model = model
         self._max_batch = max_batch
@@ -72,6 +77,7 @@ class Batcher:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.gather(*self._running, return_exceptions=True)
         for _, future, _ in self._queue:
             future.cancel()
         self._queue.clear()
@@ -102,6 +108,7 @@ class Batcher:
             await self._arrived.wait()
             self._arrived.clear()
             while self._queue:
+                await self._slots.acquire()  # a worker is free: form its batch now
                 deadline = self._queue[0][2] + self._max_delay_s
                 while (
                     len(self._queue) < self._max_batch and (wait := deadline - time.monotonic()) > 0
@@ -117,8 +124,16 @@ class Batcher:
                     if not item[1].done():  # the caller gave up (deadline, cancel): skip it
                         batch.append(item)
                 QUEUE_DEPTH.labels(self._model).set(len(self._queue))
-                if batch:
-                    await self._run_batch(loop, batch)
+                if not batch:
+                    self._slots.release()
+                    continue
+                task = asyncio.create_task(self._run_batch(loop, batch))
+                self._running.add(task)
+                task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._slots.release()
 
     async def _run_batch(
         self,

@@ -25,7 +25,7 @@ class EmbedService(embed_pb2_grpc.EmbedServiceServicer):
     def __init__(self, settings: EmbedSettings) -> None:
         self.settings = settings
         self.recognizer = FaceRecognizer(settings)
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="embed")
+        self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="embed")
         self._batcher: Batcher | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
@@ -44,6 +44,7 @@ class EmbedService(embed_pb2_grpc.EmbedServiceServicer):
             max_queue=self.settings.max_queue,
             # Shapes cost a GPU provider (cuDNN's search, TensorRT engines), not the CPU.
             pad_to_buckets=self.recognizer.providers != [CPU],
+            workers=self.settings.workers,
         )
         batcher.start()
         self._batcher = batcher

@@ -24,4 +24,10 @@ class EmbedSettings(ServerSettings, OnnxSettings):
         ge=1,
         description="Crops waiting for a model run; beyond it calls get RESOURCE_EXHAUSTED.",
     )
+    workers: int = Field(
+        2,
+        ge=1,
+        description="Batches run at once (threads over one session): a second lets embed use "
+        "a core that detect leaves idle; batches form while they run.",
+    )
     max_crops_per_request: int = Field(128, ge=1, description="Most crops in one Embed call.")

@@ -198,3 +198,42 @@ async def test_a_model_error_reaches_only_that_batchs_callers(
     assert model.runs == [[1, 2], [3, 4]]
     # And the batcher keeps serving.
     assert tags(await asyncio.wait_for(batcher.submit([crop(5)]), WAIT)) == [5]
+
+
+async def test_two_workers_run_two_batches_at_once() -> None:
+    """Both runs must be inside the model together: each waits at a barrier for the other,
+    which one worker would never let it reach."""
+    both = threading.Barrier(2, timeout=WAIT)
+    model = FakeModel()
+    runs: list[list[int]] = []
+
+    def together(crops: list[np.ndarray]) -> np.ndarray:
+        both.wait()
+        out = model(crops)
+        runs.append([int(c[0, 0, 0]) for c in crops])
+        return out
+
+    with ThreadPoolExecutor(2) as pool:
+        batcher = Batcher(
+            together,
+            pool,
+            model="fake",
+            max_batch=2,
+            max_delay_s=0.001,
+            max_queue=64,
+            pad_to_buckets=False,
+            workers=2,
+        )
+        batcher.start()
+        try:
+            first, second = await asyncio.wait_for(
+                asyncio.gather(
+                    batcher.submit([crop(1), crop(2)]), batcher.submit([crop(3), crop(4)])
+                ),
+                WAIT,
+            )
+        finally:
+            both.abort()
+            await batcher.stop()
+    assert tags(first) == [1, 2] and tags(second) == [3, 4]
+    assert sorted(runs) == [[1, 2], [3, 4]]
