@@ -15,32 +15,31 @@ from services.common.errors import FaceScoreError, Reason
 from services.common.json_values import MAX_METADATA_DEPTH, json_issue, unique_keys
 from services.score.settings import ScoreSettings
 
-_GALLERY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_SUBJECT_ID = 128
 _TOKEN_SEP = "\x1f"
 
 
-def gallery_name(name: str) -> str:
-    if not _GALLERY.fullmatch(name):
+def _plain_name(name: str, what: str, field: str) -> str:
+    """1-64 letters, digits, '_', '.', '-', starting with a letter or digit: safe as a
+    payload value and as one path segment."""
+    if not _NAME.fullmatch(name):
         raise FaceScoreError(
             Reason.INVALID_ARGUMENT,
-            "gallery must be 1-64 characters: letters, digits, '_', '.', '-', "
+            f"{what} must be 1-64 characters: letters, digits, '_', '.', '-', "
             "starting with a letter or digit",
-            metadata={"field": "gallery"},
+            metadata={"field": field},
         )
     return name
+
+
+def gallery_name(name: str) -> str:
+    return _plain_name(name, "gallery", "gallery")
 
 
 def snapshot_name(name: str) -> str:
     """A folder name under DATA_DIR/snapshots: one path segment, nothing hidden."""
-    if not _GALLERY.fullmatch(name):
-        raise FaceScoreError(
-            Reason.INVALID_ARGUMENT,
-            "a snapshot name must be 1-64 characters: letters, digits, '_', '.', '-', "
-            "starting with a letter or digit",
-            metadata={"field": "name"},
-        )
-    return name
+    return _plain_name(name, "a snapshot name", "name")
 
 
 def subject_id(value: str) -> str:

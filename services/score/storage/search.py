@@ -14,6 +14,7 @@ galleries' faces are dropped and, once any come up, the next rounds ask with the
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from services.score.storage.engine import Engine
@@ -27,11 +28,10 @@ async def best_per_subject(
     engine: Engine, collection: str, gallery: str, vector: Sequence[float], top_k: int
 ) -> list[Hit]:
     own = {"gallery": gallery}
-    where: dict[str, str] | None = own
-    if await engine.count(collection, own, estimate=True) > UNFILTERED_SHARE * (
-        await engine.count(collection, estimate=True)
-    ):
-        where = None
+    mine, total = await asyncio.gather(
+        engine.count(collection, own, estimate=True), engine.count(collection, estimate=True)
+    )
+    where: dict[str, str] | None = None if mine > UNFILTERED_SHARE * total else own
     found: dict[str, Hit] = {}
     while len(found) < top_k:
         limit = (top_k - len(found)) * OVERFETCH
