@@ -63,7 +63,7 @@ ENV PATH=/app/.venv/bin:$PATH \
     DETECT_MODEL_DIR=/app/public/models \
     EMBED_MODEL_DIR=/app/public/models \
     SCORE_DATA_DIR=/tmp/facescore \
-    FACESCORE_HEALTH_TARGET=http://127.0.0.1:8000/api/health
+    FACESCORE_HEALTH_TARGET=http://127.0.0.1:8000/api/health/live
 # gateway HTTP, detect/embed/score gRPC, detect/embed/score /metrics and /health.
 EXPOSE 8000 50051 50052 50053 9101 9102 9103
 # One image, four services: FACESCORE_HEALTH_TARGET names what to probe (host:port = gRPC
@@ -209,7 +209,7 @@ ENV PATH=/app/.venv/bin:$PATH \
     DETECT_PROVIDERS=cuda \
     EMBED_PROVIDERS=cuda \
     SCORE_DATA_DIR=/tmp/facescore \
-    FACESCORE_HEALTH_TARGET=http://127.0.0.1:8000/api/health
+    FACESCORE_HEALTH_TARGET=http://127.0.0.1:8000/api/health/live
 # As in runtime-cpu, with onnxruntime-gpu; then its CUDA provider library must load with
 # every CUDA, cuBLAS, cuDNN and cuFFT library it links (no GPU is needed for that; the GPU
 # itself is only there at run time, where the service's own session is the check).

@@ -19,7 +19,7 @@ HTTP_LATENCY = Histogram(
 # Any other method name is counted as "other": clients cannot grow the label set.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Probes answered often and logged at debug level while they succeed.
-QUIET_ROUTES = frozenset({"/api/health", "/metrics", "/metrics/"})
+QUIET_ROUTES = frozenset({"/api/health", "/api/health/live", "/metrics", "/metrics/"})
 
 
 def route_of(request: Request) -> str:

@@ -144,6 +144,10 @@ class DependencyState(BaseModel):
     detail: str
 
 
+class LiveResponse(BaseModel):
+    status: Literal["ok"]
+
+
 class HealthResponse(BaseModel):
     status: Literal["ok", "degraded"]
     dependencies: dict[str, DependencyState]

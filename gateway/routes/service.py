@@ -27,6 +27,14 @@ async def version(score: Score) -> schemas.VersionResponse:
     )
 
 
+@router.get("/api/health/live", tags=["service"])
+async def live() -> schemas.LiveResponse:
+    """The process answers: no dependency is asked. Container health checks and liveness
+    probes use it, so a score or Qdrant outage never marks (or restarts) the gateway;
+    /api/health is the readiness report."""
+    return schemas.LiveResponse(status="ok")
+
+
 @router.get("/api/health", tags=["service"], responses={503: {"model": schemas.HealthResponse}})
 async def health(score: Score, response: Response) -> schemas.HealthResponse:
     report = await score.health()

@@ -52,6 +52,9 @@ def open_channel(
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.min_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 1000),
+        # A dependency restarted at a new address (a container that lost its IP to another
+        # while stopped) is looked up again after a second, not gRPC's default 30 s.
+        ("grpc.dns_min_time_between_resolutions_ms", 1000),
     ]
     return grpc.aio.insecure_channel(
         target, options=options, interceptors=[RequestIdClientInterceptor()]

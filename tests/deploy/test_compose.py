@@ -221,7 +221,7 @@ def test_facescore_health_checks_probe_their_own_port(merged: dict[str, dict[str
             assert test[:3] == ["CMD", "facescore", "healthcheck"], (stack, name)
             target = f"127.0.0.1:{port}"
             if name == "gateway":
-                target = f"http://{target}/api/health"
+                target = f"http://{target}/api/health/live"
             assert test[3] == target, (stack, name)
             assert service["environment"]["FACESCORE_HEALTH_TARGET"] == target
             assert service["environment"][f"{prefix}_PORT"] == str(port)

@@ -184,7 +184,7 @@ def test_gateway_ready_on_health_alive_without_dependencies() -> None:
     liveness = container["livenessProbe"]["httpGet"]
     assert (readiness["path"], readiness["port"]) == ("/api/health", "http")
     # /api/health fails while Qdrant or detect is down: liveness must not restart for that.
-    assert liveness["path"] != "/api/health"
+    assert liveness["path"] == "/api/health/live"
     assert liveness["port"] == "http"
 
 

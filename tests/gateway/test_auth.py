@@ -131,7 +131,14 @@ REQUESTS: dict[tuple[str, str], Callable[[Stack], Request]] = {
     ),
     **{
         ("GET", path): (lambda p: lambda s: (p, {}))(path)
-        for path in ("/api/health", "/metrics", "/metrics/", "/api/openapi.json", "/api/docs")
+        for path in (
+            "/api/health",
+            "/api/health/live",
+            "/metrics",
+            "/metrics/",
+            "/api/openapi.json",
+            "/api/docs",
+        )
     },
 }
 
@@ -156,7 +163,7 @@ def test_the_table_covers_every_route_and_agrees_with_the_route_list() -> None:
     listed = re.findall(
         r"^\| (GET|POST|DELETE) \| (/\S*)[^|]*\| (read|write|admin|none) \|", DOC, re.MULTILINE
     )
-    assert len(listed) == 14
+    assert len(listed) == 15
     statuses = {
         (method, path): dict(zip(COLUMNS, rest, strict=True)) for method, path, *rest in SCOPE_ROWS
     }

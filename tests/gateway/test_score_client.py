@@ -29,6 +29,9 @@ def test_score_down_is_503_with_retry_after(start_service: StartService) -> None
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
         assert health.status_code == 503 and health.json()["status"] == "degraded"
+        # The process itself is fine: container health checks and liveness probes pass.
+        live = api.get("/api/health/live")
+        assert live.status_code == 200 and live.json() == {"status": "ok"}
         rid = f"down-{uuid.uuid4().hex}"
         answer = api.get("/api/v1/galleries", headers={"X-Request-Id": rid})
         down = problem(answer, 503, "dependency_unavailable")

@@ -109,7 +109,15 @@ class Stack:
         )
 
     def up(self) -> None:
+        """`up --wait`, then ready: every container healthy, then /api/health (through nginx)
+        answers 200 once the gateway's channel has reached the restarted score."""
         self.compose("up", "-d", "--wait", "--no-build", "--pull", "never")
+        deadline = time.monotonic() + 30
+        with self.api() as api:
+            health_url = f"https://127.0.0.1:{self.https_port}/api/health"
+            while (health := api.get(health_url)).status_code != 200:
+                assert time.monotonic() < deadline, health.text
+                time.sleep(0.5)
 
     def make(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         compose = " ".join(self.compose_command)
