@@ -476,14 +476,18 @@ def test_a_jpeg_decodes_at_the_scale_asked_with_its_original_size(t1_small: Imag
     assert (at_least_half.width, at_least_half.height) == (884, 1280)
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
 @pytest.mark.parametrize("min_scale", [0.5, 1.0])
-def test_boxes_are_the_pixels_of_the_whole_decode(t1_small: Image.Image, min_scale: float) -> None:
+def test_boxes_are_the_pixels_of_the_whole_decode(
+    t1_small: Image.Image, min_scale: float, orientation: int
+) -> None:
     """Only the boxes are converted, in the photo's own (EXIF-turned) pixels, at the DCT
-    scale asked; a box reaching past the edge is cut at it."""
+    scale asked, whichever way the photo is stored (only the boxes are turned, pixel for
+    pixel as the whole photo would be); a box reaching past the edge is cut at it."""
     exif = Image.Exif()
-    exif[EXIF_ORIENTATION] = 6
+    exif[EXIF_ORIENTATION] = orientation
     data = encode(t1_small.resize((2560, 1768)), "JPEG", quality=95, exif=exif.tobytes())
-    boxes = [(100.0, 200.5, 700.2, 900.9), (1500.0, 2300.0, 1900.0, 2700.0)]
+    boxes = [(100.0, 200.5, 700.2, 900.9), (1500.0, 1500.0, 1900.0, 2700.0)]
     whole = decode_image(data, MAX_BYTES, MAX_PIXELS, fit=1, min_scale=min_scale)
     scale, cut = decode_boxes(data, MAX_BYTES, MAX_PIXELS, boxes, min_scale=min_scale)
     assert scale == whole.scale == (min_scale, min_scale)
@@ -492,7 +496,8 @@ def test_boxes_are_the_pixels_of_the_whole_decode(t1_small: Image.Image, min_sca
         assert corner == (left, top)
         assert pixels.shape == (bottom - top, right - left, 3)
         assert np.array_equal(pixels, whole.bgr[top:bottom, left:right])
-    assert bottom == whole.height  # the second box ends past the photo's lower edge
+    # The second box ends past the photo's lower edge (or its right edge, shown turned).
+    assert bottom == whole.height or right == whole.width
 
 
 def test_formats_without_dct_scaling_shrink_by_a_box_filter(t1_small: Image.Image) -> None:
