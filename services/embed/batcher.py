@@ -37,6 +37,10 @@ class Batcher:
     `batch_buckets(max_batch)` and the padding's results are dropped; on the CPU, where a
     new shape costs nothing, padding would only add work (9 faces padded to 16 run 78 %
     more), so batches run at their own size.
+
+    With `spread` (the CPU, whose per-crop cost does not fall with the batch size), crops
+    that find several workers idle are shared out among them: a group photo's 22 faces run
+    as two batches of 11 on two cores, in half the time. A GPU keeps them in one batch.
     """
 
     def __init__(
@@ -50,10 +54,13 @@ class Batcher:
         max_queue: int,
         pad_to_buckets: bool = True,
         workers: int = 1,
+        spread: bool = False,
     ) -> None:
         self._run = run
         self._pad = pad_to_buckets
+        self._spread = spread
         self._slots = asyncio.Semaphore(workers)
+        self._idle = workers  # workers without a batch, the one forming a batch included
         self._running: set[asyncio.Task[None]] = set()
         self._executor = executor
         self._model = model
@@ -118,8 +125,11 @@ class Batcher:
                     except TimeoutError:
                         break
                     self._arrived.clear()
+                size = self._max_batch
+                if self._spread:  # this worker's share of what is queued
+                    size = min(size, -(-len(self._queue) // self._idle))
                 batch: list[tuple[np.ndarray, asyncio.Future[np.ndarray], float]] = []
-                while self._queue and len(batch) < self._max_batch:
+                while self._queue and len(batch) < size:
                     item = self._queue.popleft()
                     if not item[1].done():  # the caller gave up (deadline, cancel): skip it
                         batch.append(item)
@@ -127,12 +137,14 @@ class Batcher:
                 if not batch:
                     self._slots.release()
                     continue
+                self._idle -= 1
                 task = asyncio.create_task(self._run_batch(loop, batch))
                 self._running.add(task)
                 task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
+        self._idle += 1
         self._slots.release()
 
     async def _run_batch(

@@ -45,6 +45,7 @@ class EmbedService(embed_pb2_grpc.EmbedServiceServicer):
             # Shapes cost a GPU provider (cuDNN's search, TensorRT engines), not the CPU.
             pad_to_buckets=self.recognizer.providers != [CPU],
             workers=self.settings.workers,
+            spread=self.recognizer.providers == [CPU],
         )
         batcher.start()
         self._batcher = batcher

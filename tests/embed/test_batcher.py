@@ -237,3 +237,38 @@ async def test_two_workers_run_two_batches_at_once() -> None:
             await batcher.stop()
     assert tags(first) == [1, 2] and tags(second) == [3, 4]
     assert sorted(runs) == [[1, 2], [3, 4]]
+
+
+@pytest.mark.parametrize("spread", [True, False])
+async def test_on_the_cpu_one_calls_crops_are_shared_by_idle_workers(spread: bool) -> None:
+    """Spread (the CPU): a photo's crops that find both workers idle run as two batches at
+    once, each waiting at a barrier for the other. Not spread (a GPU): one batch."""
+    both = threading.Barrier(2, timeout=WAIT)
+    runs: list[list[int]] = []
+
+    def model(crops: list[np.ndarray]) -> np.ndarray:
+        if spread:
+            both.wait()
+        runs.append([int(c[0, 0, 0]) for c in crops])
+        return np.array([[int(c[0, 0, 0])] for c in crops], np.float32)
+
+    with ThreadPoolExecutor(2) as pool:
+        batcher = Batcher(
+            model,
+            pool,
+            model="fake",
+            max_batch=32,
+            max_delay_s=0.001,
+            max_queue=64,
+            pad_to_buckets=False,
+            workers=2,
+            spread=spread,
+        )
+        batcher.start()
+        try:
+            result = await asyncio.wait_for(batcher.submit([crop(t) for t in range(1, 6)]), WAIT)
+        finally:
+            both.abort()
+            await batcher.stop()
+    assert tags(result) == [1, 2, 3, 4, 5]  # in the caller's order, whichever run ends first
+    assert sorted(runs) == ([[1, 2, 3], [4, 5]] if spread else [[1, 2, 3, 4, 5]])
