@@ -9,6 +9,7 @@ test_batch_shapes.py and test_embed_service.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -200,6 +201,36 @@ async def test_a_model_error_reaches_only_that_batchs_callers(
     assert tags(await asyncio.wait_for(batcher.submit([crop(5)]), WAIT)) == [5]
 
 
+@contextlib.asynccontextmanager
+async def two_workers(
+    run: Callable[[list[np.ndarray]], np.ndarray],
+    both: threading.Barrier,
+    *,
+    max_batch: int,
+    spread: bool = False,
+) -> AsyncIterator[Batcher]:
+    """A batcher of two workers on two threads, as embed runs on the CPU; `both` is broken
+    on the way out, so a run left waiting at it ends."""
+    with ThreadPoolExecutor(2) as pool:
+        batcher = Batcher(
+            run,
+            pool,
+            model="fake",
+            max_batch=max_batch,
+            max_delay_s=0.001,
+            max_queue=64,
+            pad_to_buckets=False,
+            workers=2,
+            spread=spread,
+        )
+        batcher.start()
+        try:
+            yield batcher
+        finally:
+            both.abort()
+            await batcher.stop()
+
+
 async def test_two_workers_run_two_batches_at_once() -> None:
     """Both runs must be inside the model together: each waits at a barrier for the other,
     which one worker would never let it reach."""
@@ -213,28 +244,11 @@ async def test_two_workers_run_two_batches_at_once() -> None:
         runs.append([int(c[0, 0, 0]) for c in crops])
         return out
 
-    with ThreadPoolExecutor(2) as pool:
-        batcher = Batcher(
-            together,
-            pool,
-            model="fake",
-            max_batch=2,
-            max_delay_s=0.001,
-            max_queue=64,
-            pad_to_buckets=False,
-            workers=2,
+    async with two_workers(together, both, max_batch=2) as batcher:
+        first, second = await asyncio.wait_for(
+            asyncio.gather(batcher.submit([crop(1), crop(2)]), batcher.submit([crop(3), crop(4)])),
+            WAIT,
         )
-        batcher.start()
-        try:
-            first, second = await asyncio.wait_for(
-                asyncio.gather(
-                    batcher.submit([crop(1), crop(2)]), batcher.submit([crop(3), crop(4)])
-                ),
-                WAIT,
-            )
-        finally:
-            both.abort()
-            await batcher.stop()
     assert tags(first) == [1, 2] and tags(second) == [3, 4]
     assert sorted(runs) == [[1, 2], [3, 4]]
 
@@ -252,23 +266,7 @@ async def test_on_the_cpu_one_calls_crops_are_shared_by_idle_workers(spread: boo
         runs.append([int(c[0, 0, 0]) for c in crops])
         return np.array([[int(c[0, 0, 0])] for c in crops], np.float32)
 
-    with ThreadPoolExecutor(2) as pool:
-        batcher = Batcher(
-            model,
-            pool,
-            model="fake",
-            max_batch=32,
-            max_delay_s=0.001,
-            max_queue=64,
-            pad_to_buckets=False,
-            workers=2,
-            spread=spread,
-        )
-        batcher.start()
-        try:
-            result = await asyncio.wait_for(batcher.submit([crop(t) for t in range(1, 6)]), WAIT)
-        finally:
-            both.abort()
-            await batcher.stop()
+    async with two_workers(model, both, max_batch=32, spread=spread) as batcher:
+        result = await asyncio.wait_for(batcher.submit([crop(t) for t in range(1, 6)]), WAIT)
     assert tags(result) == [1, 2, 3, 4, 5]  # in the caller's order, whichever run ends first
     assert sorted(runs) == ([[1, 2, 3], [4, 5]] if spread else [[1, 2, 3, 4, 5]])
