@@ -59,8 +59,8 @@ class Batcher:
         self._run = run
         self._pad = pad_to_buckets
         self._spread = spread
+        self._workers = workers
         self._slots = asyncio.Semaphore(workers)
-        self._idle = workers  # workers without a batch, the one forming a batch included
         self._running: set[asyncio.Task[None]] = set()
         self._executor = executor
         self._model = model
@@ -126,8 +126,9 @@ class Batcher:
                         break
                     self._arrived.clear()
                 size = self._max_batch
-                if self._spread:  # this worker's share of what is queued
-                    size = min(size, -(-len(self._queue) // self._idle))
+                if self._spread:  # this worker's share among the idle ones, itself included
+                    idle = self._workers - len(self._running)
+                    size = min(size, -(-len(self._queue) // idle))
                 batch: list[tuple[np.ndarray, asyncio.Future[np.ndarray], float]] = []
                 while self._queue and len(batch) < size:
                     item = self._queue.popleft()
@@ -137,14 +138,12 @@ class Batcher:
                 if not batch:
                     self._slots.release()
                     continue
-                self._idle -= 1
                 task = asyncio.create_task(self._run_batch(loop, batch))
                 self._running.add(task)
                 task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
-        self._idle += 1
         self._slots.release()
 
     async def _run_batch(

@@ -35,6 +35,7 @@ class EmbedService(embed_pb2_grpc.EmbedServiceServicer):
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._pool, self.recognizer.load)
         await loop.run_in_executor(self._pool, self.recognizer.warm_up)
+        on_cpu = self.recognizer.providers == [CPU]
         batcher = Batcher(
             self.recognizer.embed,
             self._pool,
@@ -42,10 +43,11 @@ class EmbedService(embed_pb2_grpc.EmbedServiceServicer):
             max_batch=self.settings.max_batch,
             max_delay_s=self.settings.max_batch_delay_ms / 1000,
             max_queue=self.settings.max_queue,
-            # Shapes cost a GPU provider (cuDNN's search, TensorRT engines), not the CPU.
-            pad_to_buckets=self.recognizer.providers != [CPU],
+            # Shapes cost a GPU provider (cuDNN's search, TensorRT engines), not the CPU;
+            # the CPU's cost per crop does not fall with the batch, a GPU's does.
+            pad_to_buckets=not on_cpu,
             workers=self.settings.workers,
-            spread=self.recognizer.providers == [CPU],
+            spread=on_cpu,
         )
         batcher.start()
         self._batcher = batcher

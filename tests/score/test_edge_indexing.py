@@ -21,13 +21,9 @@ from services.score.storage import (
     face_id,
     open_store,
 )
+from tests.score.vectors import unit
 
 DIM = 32
-
-
-def unit(rows: np.ndarray) -> np.ndarray:
-    normalised: np.ndarray = rows / np.linalg.norm(rows, axis=-1, keepdims=True)
-    return normalised
 
 
 async def store_with(tmp_path: Path, vectors: np.ndarray, index_delay_s: float) -> GalleryStore:

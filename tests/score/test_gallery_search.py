@@ -15,13 +15,9 @@ import pytest
 from services.score.settings import ScoreSettings
 from services.score.storage import EdgeEngine, GalleryStore, ModelIdentity, face_id, open_store
 from services.score.storage.engine import Exclude, Point
+from tests.score.vectors import unit
 
 DIM = 16
-
-
-def unit(rows: np.ndarray) -> np.ndarray:
-    normalised: np.ndarray = rows / np.linalg.norm(rows, axis=-1, keepdims=True)
-    return normalised
 
 
 def reference(

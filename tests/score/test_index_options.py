@@ -30,13 +30,9 @@ from services.score.storage import (
 )
 from services.score.storage.edge import SHARD_DIR
 from services.score.storage.engine import SCAN_ALWAYS_KB, CollectionSpec
+from tests.score.vectors import unit
 
 DIM = 512
-
-
-def unit(rows: np.ndarray) -> np.ndarray:
-    normalised: np.ndarray = rows / np.linalg.norm(rows, axis=-1, keepdims=True)
-    return normalised.astype(np.float32)
 
 
 @pytest.mark.parametrize(
@@ -71,8 +67,8 @@ def test_unset_options_follow_the_backend(tmp_path: Path) -> None:
 
 async def test_default_embedded_store_scans_binary_codes(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
-    faces = unit(rng.standard_normal((3000, DIM)))
-    few = unit(rng.standard_normal((6, DIM)))
+    faces = unit(rng.standard_normal((3000, DIM)), np.float32)
+    few = unit(rng.standard_normal((6, DIM)), np.float32)
     store = await open_store(
         ScoreSettings(data_dir=tmp_path, index_threshold_kb=100, index_delay_s=3600),
         ModelIdentity("test", "0" * 64, DIM),
@@ -104,9 +100,11 @@ async def test_default_embedded_store_scans_binary_codes(tmp_path: Path) -> None
 
         sources = rng.integers(0, len(faces), 60)
         cosine = rng.uniform(0.45, 0.8, (60, 1))
-        noise = unit(rng.standard_normal((60, DIM)))
-        noise = unit(noise - (noise * faces[sources]).sum(1, keepdims=True) * faces[sources])
-        queries = unit(cosine * faces[sources] + np.sqrt(1 - cosine**2) * noise)
+        noise = unit(rng.standard_normal((60, DIM)), np.float32)
+        noise = unit(
+            noise - (noise * faces[sources]).sum(1, keepdims=True) * faces[sources], np.float32
+        )
+        queries = unit(cosine * faces[sources] + np.sqrt(1 - cosine**2) * noise, np.float32)
         exact = np.argmax(queries @ faces.T, axis=1)
         for query, best in zip(queries, exact, strict=True):
             hits = await store.search("big", query.tolist(), 5)
