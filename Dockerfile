@@ -79,6 +79,13 @@ USER 10001:10001
 FROM runtime-base AS runtime-cpu
 LABEL org.opencontainers.image.description="facescore detect, embed, score and REST gateway (CPU)"
 USER 0:0
+# libturbojpeg: detect cuts the faces of a phone photo out of its JPEG without decoding the rest.
+# Unpinned: the base image's release fixes its version (2.1.x); a pin would break on the next
+# security update.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libturbojpeg0 \
+    && rm -rf /var/lib/apt/lists/*
 COPY --from=builder /app/.venv /app/.venv
 COPY --from=builder /app/facescore /app/facescore
 COPY --from=builder /app/services /app/services
@@ -88,7 +95,8 @@ COPY public/models/manifest.toml /app/public/models/manifest.toml
 # Bytecode for the project's own modules (the root filesystem is read-only at run time),
 # then the build fails unless exactly onnxruntime and opencv-python-headless are installed.
 RUN python -m compileall -q /app/facescore /app/services /app/gateway \
-    && python -c "import importlib.metadata as md, re, sys; names = {re.sub(r'[-_.]+', '-', d.metadata['Name']).lower() for d in md.distributions()}; ort = sorted(n for n in names if n.startswith('onnxruntime')); cv = sorted(n for n in names if n.startswith('opencv-')); print('onnxruntime builds:', ort, '| opencv builds:', cv); sys.exit(0 if ort == [sys.argv[1]] and cv == ['opencv-python-headless'] else 'expected exactly ' + sys.argv[1] + ' and opencv-python-headless')" onnxruntime
+    && python -c "import importlib.metadata as md, re, sys; names = {re.sub(r'[-_.]+', '-', d.metadata['Name']).lower() for d in md.distributions()}; ort = sorted(n for n in names if n.startswith('onnxruntime')); cv = sorted(n for n in names if n.startswith('opencv-')); print('onnxruntime builds:', ort, '| opencv builds:', cv); sys.exit(0 if ort == [sys.argv[1]] and cv == ['opencv-python-headless'] else 'expected exactly ' + sys.argv[1] + ' and opencv-python-headless')" onnxruntime \
+    && python -c "import turbojpeg; turbojpeg.TurboJPEG()"
 USER 10001:10001
 
 # ---------------------------------------------------------------------------------------------
@@ -125,6 +133,13 @@ RUN --mount=type=cache,target=/root/.cache/uv --mount=type=secret,id=ca \
 FROM runtime-base AS runtime-inference
 LABEL org.opencontainers.image.description="facescore detect and embed (CPU)"
 USER 0:0
+# libturbojpeg: detect cuts the faces of a phone photo out of its JPEG without decoding the rest.
+# Unpinned: the base image's release fixes its version (2.1.x); a pin would break on the next
+# security update.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libturbojpeg0 \
+    && rm -rf /var/lib/apt/lists/*
 COPY --from=builder-inference /app/.venv /app/.venv
 COPY --from=builder-inference /app/facescore /app/facescore
 COPY --from=builder-inference /app/services /app/services
@@ -133,7 +148,8 @@ COPY --from=builder-inference /app/pyproject.toml /app/pyproject.toml
 COPY public/models/manifest.toml /app/public/models/manifest.toml
 RUN python -m compileall -q /app/facescore /app/services /app/gateway \
     && python -c "import importlib.metadata as md, re, sys; names = {re.sub(r'[-_.]+', '-', d.metadata['Name']).lower() for d in md.distributions()}; ort = sorted(n for n in names if n.startswith('onnxruntime')); cv = sorted(n for n in names if n.startswith('opencv-')); print('onnxruntime builds:', ort, '| opencv builds:', cv); sys.exit(0 if ort == [sys.argv[1]] and cv == ['opencv-python-headless'] else 'expected exactly ' + sys.argv[1] + ' and opencv-python-headless')" onnxruntime \
-    && python -c "import importlib.util as u, sys; bad = [m for m in sys.argv[1:] if u.find_spec(m)]; sys.exit(f'not for this role: {bad}' if bad else 0)" fastapi uvicorn starlette qdrant_client redis
+    && python -c "import importlib.util as u, sys; bad = [m for m in sys.argv[1:] if u.find_spec(m)]; sys.exit(f'not for this role: {bad}' if bad else 0)" fastapi uvicorn starlette qdrant_client redis \
+    && python -c "import turbojpeg; turbojpeg.TurboJPEG()"
 USER 10001:10001
 
 FROM runtime-base AS runtime-score
@@ -189,9 +205,14 @@ FROM nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04 AS runtime-gpu
 LABEL org.opencontainers.image.title="facescore" \
       org.opencontainers.image.description="facescore detect, embed, score and REST gateway (CUDA)" \
       org.opencontainers.image.licenses="Apache-2.0"
+# libturbojpeg (Ubuntu's package name), unpinned as in the CPU images.
+# hadolint ignore=DL3008
 RUN groupadd --system --gid 10001 facescore \
     && useradd --system --uid 10001 --gid facescore --no-create-home \
-       --home-dir /nonexistent --shell /usr/sbin/nologin facescore
+       --home-dir /nonexistent --shell /usr/sbin/nologin facescore \
+    && apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libturbojpeg \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY --from=builder-gpu /opt/python /opt/python
 COPY --from=builder-gpu /app/.venv /app/.venv
@@ -218,7 +239,8 @@ ENV PATH=/app/.venv/bin:$PATH \
 # *_TRT_ENGINE_CACHE_DIR.
 RUN python -m compileall -q /app/facescore /app/services /app/gateway \
     && python -c "import importlib.metadata as md, re, sys; names = {re.sub(r'[-_.]+', '-', d.metadata['Name']).lower() for d in md.distributions()}; ort = sorted(n for n in names if n.startswith('onnxruntime')); cv = sorted(n for n in names if n.startswith('opencv-')); print('onnxruntime builds:', ort, '| opencv builds:', cv); sys.exit(0 if ort == [sys.argv[1]] and cv == ['opencv-python-headless'] else 'expected exactly ' + sys.argv[1] + ' and opencv-python-headless')" onnxruntime-gpu \
-    && python -c "import sys; from services.common.onnx import cuda_library_problem; sys.exit(cuda_library_problem(driver=False))"
+    && python -c "import sys; from services.common.onnx import cuda_library_problem; sys.exit(cuda_library_problem(driver=False))" \
+    && python -c "import turbojpeg; turbojpeg.TurboJPEG()"
 USER 10001:10001
 EXPOSE 8000 50051 50052 50053 9101 9102 9103
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \

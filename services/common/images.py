@@ -3,12 +3,14 @@
 Limits are checked from the header, before any pixel is decoded, so a small file that claims
 a huge image never allocates it, and a JPEG's scans are counted first, so a small file that
 repeats a scan thousands of times never runs them. A photo can be decoded at a reduced scale
-(`fit`): libjpeg's DCT scaling makes a 12 MP JPEG several times cheaper at 1/4 scale.
+(`fit`): libjpeg's DCT scaling makes a 12 MP JPEG several times cheaper at 1/4 scale. Regions
+wanted at full size are cut from a JPEG losslessly (libturbojpeg) and only they are decoded.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import math
@@ -21,11 +23,15 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 import pillow_heif
+import structlog
+import turbojpeg
 from PIL import Image, UnidentifiedImageError
 
 from services.common.errors import FaceScoreError, Reason
 
 pillow_heif.register_heif_opener()
+
+log = structlog.get_logger(__name__)
 
 # Our own max_pixels check runs before every decode and replaces Pillow's process-wide bomb
 # guard, which would otherwise refuse (or warn about) images our configured limit allows.
@@ -143,11 +149,100 @@ def decode_boxes(
             regions.append((pixels, (left, top)))
         return scale, regions
 
+    def cut_losslessly(stored: tuple[int, int], turn: Image.Transpose | None) -> Any:
+        regions = _jpeg_regions(data, stored, turn, boxes)
+        return None if regions is None else ((1.0, 1.0), regions)
+
     cut_out, *_ = _decode(
-        data, max_bytes, max_pixels, max_jpeg_scans, 1, min_scale, cut, turn_pixels=False
+        data,
+        max_bytes,
+        max_pixels,
+        max_jpeg_scans,
+        1,
+        min_scale,
+        cut,
+        turn_pixels=False,
+        full_size_jpeg=cut_losslessly,
     )
     scale, regions = cut_out
     return scale, regions
+
+
+# Pixels kept around a region cut losslessly, past the rectangle asked for: a cut JPEG's edge
+# rows and columns are upsampled from fewer chroma neighbours than the whole photo's, so they
+# differ; one MCU (at most 16 pixels) further in, the pixels are the whole decode's.
+_CUT_EDGE = 16
+
+
+@functools.cache
+def _turbojpeg() -> turbojpeg.TurboJPEG | None:
+    """libturbojpeg through PyTurboJPEG; None, said once, where the system lacks the library."""
+    try:
+        return turbojpeg.TurboJPEG()
+    except (OSError, RuntimeError) as exc:
+        log.warning(
+            "libturbojpeg_missing",
+            detail="faces that need a full-size decode are cut from a whole decode, slower; "
+            "install libturbojpeg (Debian: libturbojpeg0)",
+            error=str(exc),
+        )
+        return None
+
+
+def _jpeg_regions(
+    data: bytes, stored: tuple[int, int], turn: Image.Transpose | None, boxes: list[Box]
+) -> list[tuple[npt.NDArray[np.uint8], tuple[int, int]]] | None:
+    """`boxes` of a JPEG at full size, as `decode_boxes` gives them, without decoding the
+    rest: each box, widened to whole MCUs and an edge, is cut from the compressed photo
+    (libturbojpeg's lossless crop, which reads the coefficients but runs no inverse DCT,
+    upsampling or colour conversion) and only the cuts are decoded. A 12 MP photo's five faces
+    cost 30 ms of CPU this way against 77 for the whole decode they were cut from.
+
+    None where it cannot apply (no libturbojpeg, a colour space other than YCbCr or grey, a
+    header that disagrees with Pillow's, a transform libturbojpeg refuses): the caller decodes
+    the whole photo.
+    """
+    jpeg = _turbojpeg()
+    if jpeg is None:
+        return None
+    try:
+        width, height, subsampling, colorspace = jpeg.decode_header(data)
+    except OSError:
+        return None
+    if (width, height) != stored or colorspace not in (turbojpeg.TJCS_YCbCr, turbojpeg.TJCS_GRAY):
+        return None
+    mcu_w, mcu_h = turbojpeg.tjMCUWidth[subsampling], turbojpeg.tjMCUHeight[subsampling]
+    shown = _turned_size(stored, turn)
+    wanted = []  # per box: its upright rectangle, its stored one, and the cut around that
+    for box in boxes:
+        rect = box_pixels(box, (1.0, 1.0), shown)
+        left, top, right, bottom = _stored_rect(rect, turn, shown)
+        x0 = max(0, left - _CUT_EDGE) // mcu_w * mcu_w
+        y0 = max(0, top - _CUT_EDGE) // mcu_h * mcu_h
+        x1, y1 = min(width, right + _CUT_EDGE), min(height, bottom + _CUT_EDGE)
+        wanted.append((rect, (left, top, right, bottom), (x0, y0, x1 - x0, y1 - y0)))
+    cuttable = [
+        i for i, (rect, _, _) in enumerate(wanted) if rect[2] > rect[0] and rect[3] > rect[1]
+    ]
+    try:
+        cuts = jpeg.crop_multiple(data, [wanted[i][2] for i in cuttable]) if cuttable else []
+        decoded = dict(
+            zip(cuttable, (jpeg.decode(cut, turbojpeg.TJPF_BGR) for cut in cuts), strict=True)
+        )
+    except OSError as exc:
+        log.info("jpeg_lossless_cut_refused", error=str(exc))
+        return None
+    regions = []
+    for i, (rect, (left, top, right, bottom), (x0, y0, _, _)) in enumerate(wanted):
+        if i not in decoded:
+            pixels = np.zeros((rect[3] - rect[1], rect[2] - rect[0], 3), np.uint8)
+        else:
+            pixels = decoded[i][top - y0 : bottom - y0, left - x0 : right - x0]
+            if turn is not None:
+                # Pillow keeps a 3-channel array's channel order: BGR in, BGR out.
+                pixels = np.asarray(Image.fromarray(pixels).transpose(turn))
+        regions.append((np.ascontiguousarray(pixels), rect[:2]))
+    return regions
 
 
 def box_pixels(
@@ -172,12 +267,15 @@ def _decode(
     convert: Callable[[Image.Image, tuple[int, int], Image.Transpose | None], Any],
     *,
     turn_pixels: bool = True,
+    full_size_jpeg: Callable[[tuple[int, int], Image.Transpose | None], Any] | None = None,
 ) -> tuple[Any, str, str, tuple[int, int]]:
     """`convert(image, original size, turn)` of the loaded photo, with its format, SHA-256
     and original size (EXIF orientation applied); refusals raise FaceScoreError.
 
     With `turn_pixels` the image is turned by its EXIF orientation and `turn` is None;
-    without, the image comes as stored and `turn` is the transpose that shows it."""
+    without, the image comes as stored and `turn` is the transpose that shows it.
+    `full_size_jpeg(stored size, turn)`, for a JPEG to be decoded at full size, may answer in
+    place of the decode; None from it, and the photo is decoded."""
     if not data:
         raise FaceScoreError(Reason.EMPTY_IMAGE, "the image is empty")
     if len(data) > max_bytes:
@@ -216,6 +314,12 @@ def _decode(
             _check_jpeg_scans(data, max_jpeg_scans)
         factor = _reduction(width, height, fit, min_scale)
         try:
+            # Below a reduction of 2, libjpeg's draft decodes at full size.
+            if fmt == "JPEG" and factor < 2 and full_size_jpeg is not None:
+                turn = _orientation(image)
+                answered = full_size_jpeg((width, height), turn)
+                if answered is not None:
+                    return answered, fmt, sha256, _turned_size((width, height), turn)
             if fmt == "JPEG" and factor > 1:
                 image.draft(image.mode, (math.ceil(width / factor), math.ceil(height / factor)))
             image.load()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import io
 import resource
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import numpy.typing as npt
 import pytest
 from PIL import Image, ImageFile, features
 
+from services.common import images
 from services.common.errors import FaceScoreError, Reason
 from services.common.images import (
     DecodedImage,
@@ -489,7 +492,10 @@ def test_boxes_are_the_pixels_of_the_whole_decode(
     data = encode(t1_small.resize((2560, 1768)), "JPEG", quality=95, exif=exif.tobytes())
     boxes = [(100.0, 200.5, 700.2, 900.9), (1500.0, 1500.0, 1900.0, 2700.0)]
     whole = decode_image(data, MAX_BYTES, MAX_PIXELS, fit=1, min_scale=min_scale)
-    scale, cut = decode_boxes(data, MAX_BYTES, MAX_PIXELS, boxes, min_scale=min_scale)
+    with lossless_cuts() as answered:
+        scale, cut = decode_boxes(data, MAX_BYTES, MAX_PIXELS, boxes, min_scale=min_scale)
+    # At full size the boxes are cut from the compressed photo, not from a whole decode.
+    assert answered == ([True] if min_scale == 1.0 else [])
     assert scale == whole.scale == (min_scale, min_scale)
     for box, (pixels, corner) in zip(boxes, cut, strict=True):
         left, top, right, bottom = box_pixels(box, scale, (whole.width, whole.height))
@@ -498,6 +504,65 @@ def test_boxes_are_the_pixels_of_the_whole_decode(
         assert np.array_equal(pixels, whole.bgr[top:bottom, left:right])
     # The second box ends past the photo's lower edge (or its right edge, shown turned).
     assert bottom == whole.height or right == whole.width
+
+
+@contextlib.contextmanager
+def lossless_cuts() -> Iterator[list[bool]]:
+    """Whether each full-size JPEG decode_boxes ran was answered by a lossless cut."""
+    answered: list[bool] = []
+    real = images._jpeg_regions
+
+    def spy(*args: Any) -> Any:
+        regions = real(*args)
+        answered.append(regions is not None)
+        return regions
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(images, "_jpeg_regions", spy)
+        yield answered
+
+
+@pytest.mark.parametrize(
+    ("name", "mode", "options", "lossless"),
+    [
+        ("4:4:4", "RGB", {"subsampling": 0}, True),
+        ("4:2:2", "RGB", {"subsampling": 1}, True),
+        ("4:2:0 progressive", "RGB", {"subsampling": 2, "progressive": True}, True),
+        ("grey", "L", {}, True),
+        ("CMYK, which libturbojpeg cannot turn into BGR", "CMYK", {}, False),
+    ],
+)
+def test_full_size_boxes_are_cut_losslessly_from_every_usual_jpeg(
+    t1_small: Image.Image, name: str, mode: str, options: dict[str, Any], lossless: bool
+) -> None:
+    """Whatever the chroma subsampling (MCUs of 8 or 16 pixels) or scan layout, the boxes cut
+    from the compressed photo are the whole decode's pixels; a JPEG it cannot cut is decoded
+    whole, with the same answer."""
+    data = encode(t1_small.resize((1999, 1381)).convert(mode), "JPEG", quality=92, **options)
+    boxes = [(3.0, 5.0, 405.5, 610.0), (1207.7, 33.3, 1999.0, 1381.0), (0.0, 0.0, 1.0, 1.0)]
+    whole = decode_image(data, MAX_BYTES, MAX_PIXELS)
+    with lossless_cuts() as answered:
+        scale, cut = decode_boxes(data, MAX_BYTES, MAX_PIXELS, boxes, min_scale=1.0)
+    assert answered == [lossless], name
+    assert scale == (1.0, 1.0)
+    for box, (pixels, corner) in zip(boxes, cut, strict=True):
+        left, top, right, bottom = box_pixels(box, scale, (whole.width, whole.height))
+        assert corner == (left, top)
+        assert np.array_equal(pixels, whole.bgr[top:bottom, left:right]), name
+
+
+def test_without_libturbojpeg_full_size_boxes_come_from_a_whole_decode(
+    t1_small: Image.Image, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = encode(t1_small.resize((1600, 1200)), "JPEG", quality=90)
+    boxes = [(100.0, 100.0, 500.0, 600.0)]
+    _, with_cut = decode_boxes(data, MAX_BYTES, MAX_PIXELS, boxes, min_scale=1.0)
+    monkeypatch.setattr(images, "_turbojpeg", lambda: None)
+    with lossless_cuts() as answered:
+        _, without = decode_boxes(data, MAX_BYTES, MAX_PIXELS, boxes, min_scale=1.0)
+    assert answered == [False]
+    assert np.array_equal(with_cut[0][0], without[0][0])
+    assert with_cut[0][1] == without[0][1] == (100, 100)
 
 
 def test_formats_without_dct_scaling_shrink_by_a_box_filter(t1_small: Image.Image) -> None:
