@@ -29,6 +29,7 @@ from typing import Any
 import grpc
 import numpy as np
 import numpy.typing as npt
+from insightface.utils import face_align
 
 from services.common.errors import FaceScoreError, Reason
 from services.common.images import (
@@ -112,6 +113,25 @@ def decode_regions(
         pixels = np.ascontiguousarray(decoded.bgr[top:bottom, left:right])
         regions.append(Region(bgr=pixels, origin=(left / sx, top / sy), scale=(sx, sy)))
     return regions
+
+
+def decode_crops(
+    limits: DecodeLimits,
+    min_scale: float,
+    boxes: list[tuple[float, float, float, float]],
+    landmarks: list[npt.NDArray[np.float32]],
+    size: int,
+) -> list[npt.NDArray[np.uint8]]:
+    """Each face's aligned `size`x`size` crop, warped from its box (x1, y1, x2, y2) of a
+    decode of at least `min_scale` by its five `landmarks` (original pixels).
+
+    Cut here rather than in the caller, so that only the crops cross the pipe: the regions
+    they are warped from are up to a hundred times larger (a 12 MP photo's 28 faces, 5 MB)."""
+    crops = []
+    for region, marks in zip(decode_regions(limits, min_scale, boxes), landmarks, strict=True):
+        local = ((marks - region.origin) * region.scale).astype(np.float32)
+        crops.append(np.ascontiguousarray(face_align.norm_crop(region.bgr, local, size)))
+    return crops
 
 
 def _decode(

@@ -3,8 +3,9 @@
 A 12 MP phone photo is decoded at the smallest DCT scale that still fills the detector's input
 (1/4 for a 4032x3024 JPEG and a 640 input), several times cheaper than a full decode. A face
 whose aligned 112x112 crop would come from too few pixels at that scale (MAX_MAGNIFICATION)
-is cropped from a finer decode of just its region. Boxes and landmarks are in the original photo's
-pixels, EXIF orientation applied.
+is cropped from a finer decode of just its region, in the decode worker, which sends back only
+the 112x112 crop. Boxes and landmarks are in the original photo's pixels, EXIF orientation
+applied.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from services.common.decode_workers import (
     DecodeLimits,
     DecodeSession,
     DecodeWorkers,
+    decode_crops,
     decode_for_detection,
-    decode_regions,
 )
 from services.common.images import DecodedImage, decode_image, header_pixels
 from services.detect.detector import CROP_SIZE, FaceDetector, RawFace, align
@@ -128,11 +129,10 @@ class DetectPipeline:
         # The decode at which every such crop is warped from enough pixels.
         scale = min(1.0, max(_magnification(m) for m in transforms) / MAX_MAGNIFICATION)
         rects = [_source_rect(m, image) for m in transforms]
-        regions = await decoder.call(decode_regions, self.limits, scale, rects)
+        landmarks = [faces[i].landmarks for i in fine]
+        crops = await decoder.call(decode_crops, self.limits, scale, rects, landmarks, CROP_SIZE)
         done = list(faces)
-        for i, region in zip(fine, regions, strict=True):
-            local = (faces[i].landmarks - region.origin) * region.scale
-            crop = align(region.bgr, local.astype(np.float32))
+        for i, crop in zip(fine, crops, strict=True):
             done[i] = Face(faces[i].box, faces[i].score, faces[i].landmarks, crop)
         return done
 

@@ -1,0 +1,52 @@
+"""The decode workers' functions, run in this process: what they send back to detect."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from insightface.utils import face_align
+
+from facescore.devtools.phone_photos import phone_photos
+from services.common.decode_workers import (
+    DecodeLimits,
+    decode_crops,
+    decode_for_detection,
+    decode_regions,
+)
+from services.common.images import decode_image
+
+LIMITS = DecodeLimits(max_bytes=20 * 1024 * 1024, max_pixels=40_000_000, max_jpeg_scans=100)
+
+
+@pytest.fixture(scope="module")
+def gdp_12mp() -> bytes:
+    """A 12 MP JPEG stored turned (EXIF orientation 6), as phones store portrait photos."""
+    return next(p.data for p in phone_photos(("JPEG",)) if p.name.startswith("gdp"))
+
+
+@pytest.mark.parametrize("scale", [0.5, 1.0])
+def test_crops_cut_in_the_worker_are_those_of_its_regions(gdp_12mp: bytes, scale: float) -> None:
+    """Only 112x112 crops cross the pipe; they are the crops detect would warp from the
+    regions, and at full size those of the whole decode."""
+    small = decode_for_detection(gdp_12mp, LIMITS, 640)
+    assert small.scale == (0.25, 0.25)
+    landmarks = [
+        np.array(
+            [[1200, 1400], [1400, 1400], [1300, 1500], [1220, 1600], [1380, 1600]], np.float32
+        ),
+        np.array([[290, 2640], [410, 2640], [350, 2700], [300, 2770], [400, 2770]], np.float32),
+    ]
+    # Each box holds all its crop is warped from (about 3.2 eye distances across).
+    boxes = [(800.0, 1000.0, 1800.0, 2000.0), (50.0, 2400.0, 650.0, 3000.0)]
+    crops = decode_crops(LIMITS, scale, boxes, landmarks, 112)
+    regions = decode_regions(LIMITS, scale, boxes)
+    whole = decode_image(gdp_12mp, LIMITS.max_bytes, LIMITS.max_pixels)
+    for crop, region, marks in zip(crops, regions, landmarks, strict=True):
+        assert crop.shape == (112, 112, 3) and crop.dtype == np.uint8 and crop.flags.c_contiguous
+        local = ((marks - region.origin) * region.scale).astype(np.float32)
+        assert np.array_equal(crop, face_align.norm_crop(region.bgr, local, 112))
+        if scale == 1.0:
+            # The same pixels as the whole decode, warped by the same transform up to rounding.
+            reference = face_align.norm_crop(whole.bgr, marks, 112).astype(np.int16)
+            difference = np.abs(crop.astype(np.int16) - reference)
+            assert difference.max() <= 1 and difference.mean() < 0.05
