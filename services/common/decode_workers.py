@@ -9,23 +9,18 @@ machine slows decodes without failing them.
 
 A request holds one worker for all its decodes (`session`): the worker keeps the photo it
 decoded last, so cropping faces from the full-size pixels of a format without DCT scaling
-does not decode it twice. A request may also start a decode on a second, idle worker ahead of
-need (`DecodeSession.start_aside`): a JPEG decoded whole while the detector looks at its
-reduced decode, for the faces too small for that.
+does not decode it twice.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import math
 import multiprocessing
 import multiprocessing.connection
-import os
 import resource
 import signal
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -40,11 +35,9 @@ from services.common.errors import FaceScoreError, Reason
 from services.common.images import (
     JPEG_SCALES,
     DecodedImage,
-    WholePhoto,
     box_pixels,
     decode_boxes,
     decode_image,
-    decode_whole,
     shrink,
 )
 from services.common.memory import retain_freed_memory
@@ -76,21 +69,9 @@ class _Held:
 
     data: bytes = b""
     full: DecodedImage | None = None
-    whole: WholePhoto | None = None  # a JPEG decoded whole ahead of need (`decode_ahead`)
 
 
 _held = _Held()
-
-
-def decode_ahead(data: bytes, limits: DecodeLimits) -> None:
-    """The photo decoded whole and kept, for `decode_regions` and `decode_crops` on this
-    worker: started beside `decode_for_detection` on another worker, before anyone knows
-    whether a face will need it."""
-    global _held
-    _held = _Held(data)
-    _held.whole = decode_whole(
-        data, limits.max_bytes, limits.max_pixels, max_jpeg_scans=limits.max_jpeg_scans
-    )
 
 
 def decode_for_detection(data: bytes, limits: DecodeLimits, fit: int) -> DecodedImage:
@@ -109,12 +90,6 @@ def decode_regions(
 ) -> list[Region]:
     """`boxes` (x1, y1, x2, y2 in original pixels) of the photo `decode_for_detection` had,
     cut from a decode of at least `min_scale`."""
-    if _held.whole is not None:
-        # Decoded whole ahead of need: cut at full size, whatever the scale asked for.
-        return [
-            Region(bgr=pixels, origin=(float(left), float(top)), scale=(1.0, 1.0))
-            for pixels, (left, top) in _held.whole.boxes(boxes)
-        ]
     decoded = _held.full
     if decoded is None:
         # A JPEG: the smallest DCT scale that reaches min_scale, only the boxes converted.
@@ -172,30 +147,6 @@ def _decode(
     )
 
 
-def idle_cores() -> int:
-    """Cores this process may use that run nothing at this instant, the caller's own thread
-    counted as running: the kernel's count of runnable threads (/proc/loadavg, the whole
-    machine's) against `usable_cores()`. 0 where the count cannot be read."""
-    try:
-        with open("/proc/loadavg", encoding="ascii") as loadavg:
-            running = int(loadavg.read().split()[3].split("/")[0])
-    except (OSError, ValueError, IndexError):
-        return 0
-    return max(0, usable_cores() - running)
-
-
-@functools.cache
-def usable_cores() -> int:
-    """Cores this process may run on: its CPU affinity, bounded by a cgroup v2 CPU quota."""
-    cores = len(os.sched_getaffinity(0))
-    with contextlib.suppress(OSError, ValueError):
-        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as limit:
-            quota, period = limit.read().split()
-        if quota != "max":
-            cores = min(cores, int(quota) // int(period))
-    return cores
-
-
 def _ping() -> bool:
     return True
 
@@ -250,28 +201,13 @@ class _Worker:
         self.conn.close()
 
 
-def _succeeded(call: asyncio.Future[tuple[str, Any]]) -> bool:
-    """Whether a finished worker call answered "ok" (not refused, failed or cut off)."""
-    return not call.cancelled() and call.exception() is None and call.result()[0] == "ok"
-
-
-@dataclass
-class _Aside:
-    """A second worker a session started a call on, ahead of need."""
-
-    worker: _Worker
-    first: asyncio.Future[tuple[str, Any]]
-    busy: bool = False  # a later call was cut off mid-way: the worker's state is unknown
-
-
 class DecodeSession:
-    """One request's decodes, on one worker (and, ahead of need, a second one)."""
+    """One request's decodes, on one worker."""
 
     def __init__(self, workers: DecodeWorkers, worker: _Worker) -> None:
         self._workers = workers
         self._worker = worker
         self.busy = False
-        self.aside: _Aside | None = None
 
     async def call(self, function: Callable[..., Any], *args: Any) -> Any:
         """`function(*args)` in the worker, within the budget; refusals raise FaceScoreError.
@@ -281,49 +217,24 @@ class DecodeSession:
         """
         loop = asyncio.get_running_loop()
         self.busy = True
-        answer = await loop.run_in_executor(
+        kind, value = await loop.run_in_executor(
             self._workers.threads, self._worker.call, function, args
         )
-        self.busy = answer[0] == "over_budget"
-        return self._workers.answer(*answer)
-
-    def start_aside(self, function: Callable[..., Any], *args: Any) -> bool:
-        """Starts `function(*args)` on a second worker if one is idle now; False if none is.
-        `call_aside` calls go to that worker once this call is done."""
-        if self.aside is not None:
-            return False
-        worker = self._workers.take_idle()
-        if worker is None:
-            return False
-        loop = asyncio.get_running_loop()
-        first = loop.run_in_executor(self._workers.threads, worker.call, function, args)
-        # Looked at here, so that a worker killed mid-call (its request abandoned) logs nothing.
-        first.add_done_callback(_succeeded)
-        self.aside = _Aside(worker, first)
-        return True
-
-    def aside_done(self) -> bool:
-        """Whether the call `start_aside` started is done, and succeeded."""
-        first = None if self.aside is None else self.aside.first
-        return first is not None and first.done() and _succeeded(first)
-
-    async def call_aside(self, function: Callable[..., Any], *args: Any) -> Any:
-        """`function(*args)` on the worker `start_aside` used, after its first call; on the
-        session's own worker where there is none, or its first call did not succeed."""
-        aside = self.aside
-        if aside is None:
-            return await self.call(function, *args)
-        with contextlib.suppress(Exception):  # its failure is the session's to settle
-            await asyncio.shield(aside.first)
-        if not _succeeded(aside.first):
-            return await self.call(function, *args)
-        loop = asyncio.get_running_loop()
-        aside.busy = True
-        answer = await loop.run_in_executor(
-            self._workers.threads, aside.worker.call, function, args
-        )
-        aside.busy = answer[0] == "over_budget"
-        return self._workers.answer(*answer)
+        if kind == "over_budget":
+            raise FaceScoreError(
+                Reason.IMAGE_TOO_COMPLEX,
+                f"decoding the image took more than {self._workers.budget_s} s of CPU time",
+                metadata={"limit": str(self._workers.budget_s), "measure": "decode_cpu_seconds"},
+            )
+        self.busy = kind == "over_budget"
+        if kind == "refused":
+            reason, message, metadata = value
+            raise FaceScoreError(
+                Reason(reason), message, grpc.StatusCode.INVALID_ARGUMENT, metadata
+            )
+        if kind == "failed":
+            raise RuntimeError(f"decode worker failed: {value}")
+        return value
 
 
 class DecodeWorkers:
@@ -354,49 +265,6 @@ class DecodeWorkers:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self.threads, worker.call, _ping, ())
 
-    def answer(self, kind: str, value: Any) -> Any:
-        """A worker's answer as a value, or the FaceScoreError or RuntimeError it stands for."""
-        if kind == "over_budget":
-            raise FaceScoreError(
-                Reason.IMAGE_TOO_COMPLEX,
-                f"decoding the image took more than {self.budget_s} s of CPU time",
-                metadata={"limit": str(self.budget_s), "measure": "decode_cpu_seconds"},
-            )
-        if kind == "refused":
-            reason, message, metadata = value
-            raise FaceScoreError(
-                Reason(reason), message, grpc.StatusCode.INVALID_ARGUMENT, metadata
-            )
-        if kind == "failed":
-            raise RuntimeError(f"decode worker failed: {value}")
-        return value
-
-    def take_idle(self) -> _Worker | None:
-        """An idle worker, taken from the pool; None when all are busy."""
-        try:
-            return self._idle.get_nowait()
-        except asyncio.QueueEmpty:
-            return None
-
-    def _background(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work)
-        self._replacing.add(task)
-        task.add_done_callback(self._replacing.discard)
-
-    async def _settle(self, aside: _Aside, abandoned: bool) -> None:
-        """Back to the pool once its call ahead of need is done, or replaced if its state is
-        unknown (a later call cut off, over budget, crashed) or its request `abandoned` (failed
-        or cancelled): a photo the request could not decode is not decoded on."""
-        if abandoned and not aside.first.done():
-            aside.busy = True
-        else:
-            with contextlib.suppress(Exception):
-                await aside.first
-        if aside.busy or not aside.worker.process.is_alive():
-            await self._replace(aside.worker)
-        else:
-            self._idle.put_nowait(aside.worker)
-
     async def _replace(self, worker: _Worker) -> None:
         worker.kill()
         fresh = _Worker(self.budget_s)
@@ -408,19 +276,16 @@ class DecodeWorkers:
     async def session(self) -> AsyncIterator[DecodeSession]:
         worker = await self._idle.get()
         session = DecodeSession(self, worker)
-        abandoned = True
         try:
             yield session
-            abandoned = False
         finally:
             if session.busy or not worker.process.is_alive():
                 # Over budget, cancelled or crashed mid-decode: the worker's state is unknown.
-                self._background(self._replace(worker))
+                replacing = asyncio.create_task(self._replace(worker))
+                self._replacing.add(replacing)
+                replacing.add_done_callback(self._replacing.discard)
             else:
                 self._idle.put_nowait(worker)
-            if session.aside is not None:
-                # Its call ahead of need may still run: the worker comes back when it is done.
-                self._background(self._settle(session.aside, abandoned))
 
     def stop(self) -> None:
         while not self._idle.empty():

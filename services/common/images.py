@@ -17,7 +17,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import cv2
 import numpy as np
@@ -136,7 +136,18 @@ def decode_boxes(
     """
 
     def cut(image: Image.Image, original: tuple[int, int], turn: Image.Transpose | None) -> Any:
-        return _cut_boxes(image, original, turn, boxes)
+        shown = _turned_size(image.size, turn)
+        scale = (shown[0] / original[0], shown[1] / original[1])
+        regions = []
+        for box in boxes:
+            left, top, right, bottom = box_pixels(box, scale, shown)
+            if right > left and bottom > top:
+                stored = image.crop(_stored_rect((left, top, right, bottom), turn, shown))
+                pixels = _to_bgr(stored if turn is None else stored.transpose(turn))
+            else:
+                pixels = np.zeros((bottom - top, right - left, 3), np.uint8)
+            regions.append((pixels, (left, top)))
+        return scale, regions
 
     def cut_losslessly(stored: tuple[int, int], turn: Image.Transpose | None) -> Any:
         regions = _jpeg_regions(data, stored, turn, boxes)
@@ -232,59 +243,6 @@ def _jpeg_regions(
                 pixels = np.asarray(Image.fromarray(pixels).transpose(turn))
         regions.append((np.ascontiguousarray(pixels), rect[:2]))
     return regions
-
-
-@dataclass(frozen=True, eq=False)
-class WholePhoto:
-    """A photo decoded at full size and kept as stored, to cut boxes from later."""
-
-    image: Image.Image  # the stored pixels, not yet turned by the EXIF orientation
-    turn: Image.Transpose | None  # the transpose that shows them upright
-    original: tuple[int, int]  # the photo's own size, EXIF orientation applied
-
-    def boxes(self, boxes: list[Box]) -> list[tuple[npt.NDArray[np.uint8], tuple[int, int]]]:
-        """Per box, its BGR pixels and their top-left corner, as `decode_boxes` at full size
-        gives them."""
-        _, regions = _cut_boxes(self.image, self.original, self.turn, boxes)
-        return regions
-
-
-def decode_whole(
-    data: bytes,
-    max_bytes: int,
-    max_pixels: int,
-    *,
-    max_jpeg_scans: int = DEFAULT_MAX_JPEG_SCANS,
-) -> WholePhoto:
-    """The photo at full size, kept as stored (no colour conversion, no turn), refused as
-    `decode_image` refuses."""
-
-    def keep(image: Image.Image, original: tuple[int, int], turn: Image.Transpose | None) -> Any:
-        return WholePhoto(image.copy(), turn, original)  # closing the file frees the decode
-
-    whole, *_ = _decode(
-        data, max_bytes, max_pixels, max_jpeg_scans, None, 0.0, keep, turn_pixels=False
-    )
-    return cast(WholePhoto, whole)
-
-
-def _cut_boxes(
-    image: Image.Image, original: tuple[int, int], turn: Image.Transpose | None, boxes: list[Box]
-) -> tuple[tuple[float, float], list[tuple[npt.NDArray[np.uint8], tuple[int, int]]]]:
-    """`boxes` (original pixels) of `image`, a decode of the stored photo at some scale that
-    `turn` shows upright: the scale, and per box its BGR pixels and decoded top-left corner."""
-    shown = _turned_size(image.size, turn)
-    scale = (shown[0] / original[0], shown[1] / original[1])
-    regions = []
-    for box in boxes:
-        left, top, right, bottom = box_pixels(box, scale, shown)
-        if right > left and bottom > top:
-            stored = image.crop(_stored_rect((left, top, right, bottom), turn, shown))
-            pixels = _to_bgr(stored if turn is None else stored.transpose(turn))
-        else:
-            pixels = np.zeros((bottom - top, right - left, 3), np.uint8)
-        regions.append((pixels, (left, top)))
-    return scale, regions
 
 
 def box_pixels(

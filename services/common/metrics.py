@@ -34,12 +34,6 @@ MODEL_SECONDS = Histogram(
     ["model"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
 )
-DECODES_AHEAD = Counter(
-    "facescore_decodes_ahead",
-    "JPEGs decoded whole on an idle core while the detector ran, by whether a face needed "
-    "the whole decode (used) or not (unused).",
-    ["outcome"],
-)
 QUEUE_DEPTH = Gauge("facescore_queue_depth", "Items waiting for a model run.", ["model"])
 
 

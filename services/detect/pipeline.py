@@ -4,9 +4,8 @@ A 12 MP phone photo is decoded at the smallest DCT scale that still fills the de
 (1/4 for a 4032x3024 JPEG and a 640 input), several times cheaper than a full decode. A face
 whose aligned 112x112 crop would come from too few pixels at that scale (MAX_MAGNIFICATION)
 is cropped from a finer decode of just its region, in the decode worker, which sends back only
-the 112x112 crop. When a core is idle and no other photo is in detect, a second worker decodes
-the JPEG whole while the detector runs (decode ahead), and such faces are cut from that. Boxes
-and landmarks are in the original photo's pixels, EXIF orientation applied.
+the 112x112 crop. Boxes and landmarks are in the original photo's pixels, EXIF orientation
+applied.
 """
 
 from __future__ import annotations
@@ -26,13 +25,10 @@ from services.common.decode_workers import (
     DecodeLimits,
     DecodeSession,
     DecodeWorkers,
-    decode_ahead,
     decode_crops,
     decode_for_detection,
-    idle_cores,
 )
-from services.common.images import JPEG_SCALES, DecodedImage, decode_image, header_pixels
-from services.common.metrics import DECODES_AHEAD
+from services.common.images import DecodedImage, decode_image, header_pixels
 from services.detect.detector import CROP_SIZE, FaceDetector, RawFace, align
 from services.detect.quality import face_quality
 
@@ -76,8 +72,6 @@ class DetectPipeline:
         limits: DecodeLimits,
         fit: int,
         inline_pixels: int,
-        *,
-        decode_ahead: bool = False,
     ) -> None:
         self.detector = detector
         self.decoders = decoders
@@ -85,8 +79,6 @@ class DetectPipeline:
         self.limits = limits
         self.fit = fit
         self.inline_pixels = inline_pixels
-        self.decode_ahead = decode_ahead
-        self._in_flight = 0  # photos in the decode workers' path now
 
     async def run(self, data: bytes, options: DetectOptions) -> detect_pb2.DetectResponse:
         pixels = header_pixels(data)
@@ -94,33 +86,13 @@ class DetectPipeline:
             # Small photos: with the scan limit their decode is short (pixels x scans), not
             # worth a trip to a decode worker, and full size is what the detector needs.
             return await self._in_thread(self._inline, data, options)
-        self._in_flight += 1
-        try:
-            async with self.decoders.session() as decoder:
-                ahead = self._may_decode_ahead(data) and decoder.start_aside(
-                    decode_ahead, data, self.limits
-                )
-                image = await decoder.call(decode_for_detection, data, self.limits, self.fit)
-                faces = await self._in_thread(self._find, image, options)
-                fine = [i for i, face in enumerate(faces) if face.crop is None]
-                if ahead:
-                    DECODES_AHEAD.labels("used" if fine else "unused").inc()
-                if fine:
-                    faces = await self._crop_finer(decoder, image, faces, fine)
-        finally:
-            self._in_flight -= 1
+        async with self.decoders.session() as decoder:
+            image = await decoder.call(decode_for_detection, data, self.limits, self.fit)
+            faces = await self._in_thread(self._find, image, options)
+            fine = [i for i, face in enumerate(faces) if face.crop is None]
+            if fine:
+                faces = await self._crop_finer(decoder, image, faces, fine)
         return await self._in_thread(self._response, image, faces, options.include_crops)
-
-    def _may_decode_ahead(self, data: bytes) -> bool:
-        """Whether to decode this photo whole beside its reduced decode: a JPEG (the formats
-        without DCT scaling are decoded whole anyway), the only photo in this path, and a core
-        that runs nothing, so that the decode costs no other call any time."""
-        return (
-            self.decode_ahead
-            and data[:3] == b"\xff\xd8\xff"
-            and self._in_flight == 1
-            and idle_cores() > 0
-        )
 
     async def _in_thread(self, function: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -158,14 +130,7 @@ class DetectPipeline:
         scale = min(1.0, max(_magnification(m) for m in transforms) / MAX_MAGNIFICATION)
         rects = [_source_rect(m, image) for m in transforms]
         landmarks = [faces[i].landmarks for i in fine]
-        args = (self.limits, scale, rects, landmarks, CROP_SIZE)
-        if scale > max(s for s in JPEG_SCALES if s < 1) or decoder.aside_done():
-            # A full-size decode is needed (or the whole one ahead of need is done): from the
-            # worker that decoded the photo whole, if one did. Otherwise a decode at 1/2 or
-            # less, cheaper than waiting for the whole one.
-            crops = await decoder.call_aside(decode_crops, *args)
-        else:
-            crops = await decoder.call(decode_crops, *args)
+        crops = await decoder.call(decode_crops, self.limits, scale, rects, landmarks, CROP_SIZE)
         done = list(faces)
         for i, crop in zip(fine, crops, strict=True):
             done[i] = Face(faces[i].box, faces[i].score, faces[i].landmarks, crop)

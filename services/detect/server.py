@@ -39,7 +39,6 @@ class DetectService(detect_pb2_grpc.DetectServiceServicer):
             limits,
             settings.input_size,
             settings.inline_decode_pixels,
-            decode_ahead=settings.decode_ahead,
         )
         self._ready = False
 

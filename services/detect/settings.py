@@ -34,13 +34,6 @@ class DetectSettings(ServerSettings, OnnxSettings, ImageLimits):
         description="Photos up to this many pixels are decoded in the detecting thread (their "
         "decode is bounded by pixels and JPEG scans); larger ones in the decode workers.",
     )
-    decode_ahead: bool = Field(
-        True,
-        description="While the detector runs on a large JPEG's reduced decode, decode it whole "
-        "on an idle decode worker, when no other photo is in detect and a core runs nothing: "
-        "faces too small for the reduced decode are then cropped without waiting for a finer "
-        "decode. Costs that decode's CPU, on an otherwise idle core, when no face needs it.",
-    )
     decode_cpu_s: float = Field(
         5.0,
         gt=0,
