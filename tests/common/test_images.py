@@ -551,6 +551,40 @@ def test_full_size_boxes_are_cut_losslessly_from_every_usual_jpeg(
         assert np.array_equal(pixels, whole.bgr[top:bottom, left:right]), name
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize(("mode", "fit"), [("RGB", None), ("RGB", 640), ("RGB", 300), ("L", 640)])
+def test_jpegs_decoded_by_libturbojpeg_are_pillows_pixels(
+    t1_small: Image.Image,
+    monkeypatch: pytest.MonkeyPatch,
+    orientation: int,
+    mode: str,
+    fit: int | None,
+) -> None:
+    """libturbojpeg decodes a JPEG (at full size, 1/2, 1/4 or 1/8) straight to BGR: the
+    same pixels, turned the same way, as Pillow's decode and colour swap."""
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    image = t1_small.resize((2001, 1393)).convert(mode)
+    data = encode(image, "JPEG", quality=90, exif=exif.tobytes())
+    answered: list[bool] = []
+    real = images._jpeg_bgr
+
+    def spy(*args: Any) -> Any:
+        bgr = real(*args)
+        answered.append(bgr is not None)
+        return bgr
+
+    monkeypatch.setattr(images, "_jpeg_bgr", spy)
+    turbo = decode_image(data, MAX_BYTES, MAX_PIXELS, fit=fit)
+    assert answered == [True]
+    monkeypatch.setattr(images, "_turbojpeg", lambda: None)
+    pillow = decode_image(data, MAX_BYTES, MAX_PIXELS, fit=fit)
+    assert answered == [True, False]
+    assert turbo.scale == pillow.scale and turbo.original_size == pillow.original_size
+    assert turbo.bgr.flags.c_contiguous
+    assert np.array_equal(turbo.bgr, pillow.bgr)
+
+
 def test_without_libturbojpeg_full_size_boxes_come_from_a_whole_decode(
     t1_small: Image.Image, monkeypatch: pytest.MonkeyPatch
 ) -> None:
