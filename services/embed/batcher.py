@@ -38,9 +38,11 @@ class Batcher:
     new shape costs nothing, padding would only add work (9 faces padded to 16 run 78 %
     more), so batches run at their own size.
 
-    With `spread` (the CPU, whose per-crop cost does not fall with the batch size), crops
-    that find several workers idle are shared out among them: a group photo's 22 faces run
-    as two batches of 11 on two cores, in half the time. A GPU keeps them in one batch.
+    With `spread` (the CPU, whose per-crop cost does not fall with the batch size), a worker
+    takes only its share of the crops waiting, as if every worker were free: a group photo's
+    22 faces run as two batches of 11 on two cores, in half the time, and crops that queue
+    while one worker is busy are not all taken by the other, which would leave the first
+    idle when it is done. A GPU keeps them in one batch.
     """
 
     def __init__(
@@ -126,9 +128,8 @@ class Batcher:
                         break
                     self._arrived.clear()
                 size = self._max_batch
-                if self._spread:  # this worker's share among the idle ones, itself included
-                    idle = self._workers - len(self._running)
-                    size = min(size, -(-len(self._queue) // idle))
+                if self._spread:  # this worker's share of what waits, among all workers
+                    size = min(size, -(-len(self._queue) // self._workers))
                 batch: list[tuple[np.ndarray, asyncio.Future[np.ndarray], float]] = []
                 while self._queue and len(batch) < size:
                     item = self._queue.popleft()

@@ -255,13 +255,16 @@ async def test_two_workers_run_two_batches_at_once() -> None:
 
 @pytest.mark.parametrize("spread", [True, False])
 async def test_on_the_cpu_one_calls_crops_are_shared_by_idle_workers(spread: bool) -> None:
-    """Spread (the CPU): a photo's crops that find both workers idle run as two batches at
-    once, each waiting at a barrier for the other. Not spread (a GPU): one batch."""
+    """Spread (the CPU): a photo's crops that find both workers idle run on both at once,
+    the first two runs each waiting at a barrier for the other, none holding more than its
+    share. Not spread (a GPU): one batch."""
     both = threading.Barrier(2, timeout=WAIT)
+    started: list[int] = []
     runs: list[list[int]] = []
 
     def model(crops: list[np.ndarray]) -> np.ndarray:
-        if spread:
+        started.append(len(crops))
+        if spread and len(started) <= 2:
             both.wait()
         runs.append([int(c[0, 0, 0]) for c in crops])
         return np.array([[int(c[0, 0, 0])] for c in crops], np.float32)
@@ -269,4 +272,39 @@ async def test_on_the_cpu_one_calls_crops_are_shared_by_idle_workers(spread: boo
     async with two_workers(model, both, max_batch=32, spread=spread) as batcher:
         result = await asyncio.wait_for(batcher.submit([crop(t) for t in range(1, 6)]), WAIT)
     assert tags(result) == [1, 2, 3, 4, 5]  # in the caller's order, whichever run ends first
-    assert sorted(runs) == ([[1, 2, 3], [4, 5]] if spread else [[1, 2, 3, 4, 5]])
+    if spread:
+        assert runs[0] != [1, 2, 3, 4, 5] and max(map(len, runs)) == 3
+        assert sorted(t for run in runs for t in run) == [1, 2, 3, 4, 5]
+    else:
+        assert runs == [[1, 2, 3, 4, 5]]
+
+
+async def test_on_the_cpu_a_free_worker_takes_only_its_share_of_the_waiting_crops() -> None:
+    """While one worker is busy, the other takes half of a photo's crops, not all: when the
+    first is done, there is work left for it, and neither core idles while crops wait."""
+    release = threading.Event()
+    unused = threading.Barrier(2, timeout=WAIT)
+    runs: list[list[int]] = []
+
+    def model(crops: list[np.ndarray]) -> np.ndarray:
+        tags_in = [int(c[0, 0, 0]) for c in crops]
+        if tags_in == [0]:
+            assert release.wait(WAIT)  # the busy worker
+        runs.append(tags_in)
+        return np.array([[t] for t in tags_in], np.float32)
+
+    async with two_workers(model, unused, max_batch=32, spread=True) as batcher:
+        busy = asyncio.create_task(batcher.submit([crop(0)]))
+        await asyncio.sleep(0.05)  # the first worker is inside the model
+        photo = asyncio.create_task(batcher.submit([crop(t) for t in range(1, 7)]))
+        for _ in range(100):
+            if runs:
+                break
+            await asyncio.sleep(0.01)
+        assert runs[0] == [1, 2, 3]  # the free worker's share of six crops, with two workers
+        release.set()
+        result = await asyncio.wait_for(photo, WAIT)
+        await asyncio.wait_for(busy, WAIT)
+    assert tags(result) == [1, 2, 3, 4, 5, 6]
+    assert all(len(run) <= 3 for run in runs)
+    assert sorted(t for run in runs for t in run) == list(range(7))
