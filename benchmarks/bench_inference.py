@@ -23,6 +23,7 @@ import time
 import warnings
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -318,62 +319,104 @@ async def bench_services(
         return overall, own_p50, statistics.mean(found)
 
 
-def services_rows(
-    table: Table,
-    label: str,
-    tree: Path,
-    photo_sets: dict[str, list[bytes]],
-    rounds: int,
-    cpu: Table,
-    per_photo: dict[str, list[float]] | None = None,
-    faces: dict[str, float] | None = None,
-) -> dict[tuple[str, int], tuple[float, float, float, float]]:
-    """Rows for the services started from `tree`; CPU ms per photo of detect and embed.
+@dataclass
+class Sample:
+    """One measurement of one row: a pass of `rounds` over the photos at one concurrency."""
 
-    Returns images/s, p50 ms, p99 ms and CPU ms per photo (detect + embed) per row; each
-    photo's own p50 at concurrency 1 goes into `per_photo`, by set, and the faces found per
-    photo into `faces`.
-    """
-    detect_port, embed_port = free_port(), free_port()
-    processes = [start("detect", detect_port, tree), start("embed", embed_port, tree)]
-    results = {}
-    try:
-        wait_serving(f"127.0.0.1:{detect_port}")
-        wait_serving(f"127.0.0.1:{embed_port}")
-        for set_name, photos in photo_sets.items():
-            for concurrency in (1, 4):
-                before = [process_tree_cpu(p.pid) for p in processes]
-                stats, own_p50, found = asyncio.run(
-                    bench_services(
-                        photos,
-                        rounds,
-                        concurrency,
-                        f"127.0.0.1:{detect_port}",
-                        f"127.0.0.1:{embed_port}",
-                    )
-                )
-                spent = [
-                    process_tree_cpu(p.pid) - b for p, b in zip(processes, before, strict=True)
-                ]
-                if per_photo is not None and concurrency == 1:
-                    per_photo[set_name] = own_p50
-                if faces is not None:
-                    faces[set_name] = found
-                calls = rounds * len(photos) + 1
-                results[(set_name, concurrency)] = (*stats, 1000 * sum(spent) / calls)
-                table.add_row(set_name, label, str(concurrency), *(f"{v:.1f}" for v in stats))
-                cpu.add_row(
-                    set_name,
-                    label,
-                    str(concurrency),
-                    *(f"{1000 * s / calls:.1f}" for s in spent),
-                    f"{1000 * sum(spent) / calls:.1f}",
-                )
-    finally:
-        for process in processes:
+    images_s: float
+    p50_ms: float
+    p99_ms: float
+    cpu_ms: float  # per photo, all of the pipeline's processes
+    detect_ms: float | None = None  # per photo, detect and its decoders (services only)
+    embed_ms: float | None = None
+    own_p50: list[float] = field(default_factory=list)  # each photo's p50 ms (services only)
+    found: float = 0.0  # faces found per photo (services only)
+
+
+class Services:
+    """detect and embed started from `tree`, serving until `stop`."""
+
+    def __init__(self, tree: Path) -> None:
+        detect_port, embed_port = free_port(), free_port()
+        self.addresses = (f"127.0.0.1:{detect_port}", f"127.0.0.1:{embed_port}")
+        self.processes = [start("detect", detect_port, tree), start("embed", embed_port, tree)]
+        try:
+            for address in self.addresses:
+                wait_serving(address)
+        except BaseException:
+            self.stop()
+            raise
+
+    def measure(self, photos: list[bytes], rounds: int, concurrency: int) -> Sample:
+        before = [process_tree_cpu(p.pid) for p in self.processes]
+        stats, own_p50, found = asyncio.run(
+            bench_services(photos, rounds, concurrency, *self.addresses)
+        )
+        calls = rounds * len(photos) + 1
+        detect_s, embed_s = (
+            process_tree_cpu(p.pid) - b for p, b in zip(self.processes, before, strict=True)
+        )
+        return Sample(
+            *stats,
+            cpu_ms=1000 * (detect_s + embed_s) / calls,
+            detect_ms=1000 * detect_s / calls,
+            embed_ms=1000 * embed_s / calls,
+            own_p50=own_p50,
+            found=found,
+        )
+
+    def stop(self) -> None:
+        for process in self.processes:
             process.terminate()
             process.wait(30)
-    return results
+
+
+def median_sample(samples: list[Sample]) -> Sample:
+    """Each figure's median over the repeats (each photo's p50 too)."""
+
+    def med(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return statistics.median(known) if known else None
+
+    return Sample(
+        images_s=statistics.median(s.images_s for s in samples),
+        p50_ms=statistics.median(s.p50_ms for s in samples),
+        p99_ms=statistics.median(s.p99_ms for s in samples),
+        cpu_ms=statistics.median(s.cpu_ms for s in samples),
+        detect_ms=med([s.detect_ms for s in samples]),
+        embed_ms=med([s.embed_ms for s in samples]),
+        own_p50=[statistics.median(own) for own in zip(*(s.own_p50 for s in samples), strict=True)],
+        found=statistics.median(s.found for s in samples),
+    )
+
+
+LIBRARY = "in-process insightface (ORT default threads)"
+SERVICES = "services over gRPC"
+BASELINE = "baseline services"
+
+
+def measure_rows(
+    photo_sets: dict[str, list[bytes]],
+    rounds: dict[str, int],
+    stacks: dict[str, Services],
+    repeats: int,
+) -> dict[tuple[str, str, int], Sample]:
+    """Every row `repeats` times, the pipelines taking turns row by row (each repeat starts
+    with the next one): a slow spell of a shared machine falls on all of them, not on one.
+    Returns each row's median sample, by (pipeline, photo set, concurrency)."""
+    pipelines = [LIBRARY, *stacks]
+    samples: dict[tuple[str, str, int], list[Sample]] = {}
+    for set_name, photos in photo_sets.items():
+        for concurrency in (1, 4):
+            for repeat in range(repeats):
+                turn = repeat % len(pipelines)
+                for pipeline in pipelines[turn:] + pipelines[:turn]:
+                    if pipeline == LIBRARY:
+                        sample = Sample(*bench_in_process(photos, rounds[set_name], concurrency))
+                    else:
+                        sample = stacks[pipeline].measure(photos, rounds[set_name], concurrency)
+                    samples.setdefault((pipeline, set_name, concurrency), []).append(sample)
+    return {key: median_sample(row) for key, row in samples.items()}
 
 
 def main() -> None:
@@ -385,6 +428,12 @@ def main() -> None:
     parser.add_argument(
         "--baseline-tree", type=Path, help="also run the services from this checkout"
     )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="measure every row this many times, the pipelines taking turns; medians shown",
+    )
     args = parser.parse_args()
     console = Console(width=120)
     small = single_face_photos()
@@ -395,12 +444,18 @@ def main() -> None:
         "12 MP JPEG": [p.data for p in phones if p.name.endswith("JPEG")],
         "12 MP HEIC": [p.data for p in phones if p.name.endswith("HEIF")],
     }
-    rounds = {"small photos": args.rounds, SAME_SMALL: 3 * args.phone_rounds}
+    rounds = {
+        "small photos": args.rounds,
+        SAME_SMALL: 3 * args.phone_rounds,
+        "12 MP JPEG": args.phone_rounds,
+        "12 MP HEIC": args.phone_rounds,
+    }
     console.print(
         f"{len(small)} small photos of about one face each ({args.rounds} passes per row); "
         f"{len(phones) // 2} phone photos of 4032x3024 in JPEG and in HEIC, with "
         f"{', '.join(str(p.faces) for p in phones[::2])} faces ({args.phone_rounds} passes); "
-        f"{os.cpu_count()} CPU cores. The machine may be shared: compare rows of this run."
+        f"{os.cpu_count()} CPU cores; each row the median of {args.repeats} measurement(s), the "
+        "pipelines taking turns. The machine may be shared: compare rows of this run."
     )
 
     table = Table(title="detect + align + embed, calls in flight = concurrency")
@@ -409,39 +464,35 @@ def main() -> None:
     cpu = Table(title="CPU ms per photo, by service process (detect includes its decoders)")
     for column in ("photos", "pipeline", "concurrency", "detect", "embed", "total"):
         cpu.add_column(column, justify="left" if column in ("photos", "pipeline") else "right")
-    library: dict[tuple[str, int], tuple[float, float, float, float]] = {}
-    for set_name, photos in photo_sets.items():
-        for concurrency in (1, 4):
-            stats = bench_in_process(photos, rounds.get(set_name, args.phone_rounds), concurrency)
-            library[(set_name, concurrency)] = stats
-            table.add_row(
-                set_name,
-                "in-process insightface (ORT default threads)",
-                str(concurrency),
-                *(f"{v:.1f}" for v in stats[:3]),
-            )
-            cpu.add_row(
-                set_name, "in-process insightface", str(concurrency), "", "", f"{stats[3]:.1f}"
-            )
-    ours = {}
-    per_photo: dict[str, list[float]] = {}
-    faces_found: dict[str, float] = {}
-    for label, tree in (("services over gRPC", REPO), ("baseline services", args.baseline_tree)):
-        if tree is None:
-            continue
-        for set_name, photos in photo_sets.items():
-            got = services_rows(
-                table,
-                label,
-                tree,
-                {set_name: photos},
-                rounds.get(set_name, args.phone_rounds),
-                cpu,
-                per_photo if tree == REPO else None,
-                faces_found if tree == REPO else None,
-            )
-            if tree == REPO:
-                ours.update(got)
+    stacks = {SERVICES: Services(REPO)}
+    try:
+        if args.baseline_tree is not None:
+            stacks[BASELINE] = Services(args.baseline_tree)
+        rows = measure_rows(photo_sets, rounds, stacks, args.repeats)
+    finally:
+        for stack in stacks.values():
+            stack.stop()
+    for set_name in photo_sets:
+        for pipeline in (LIBRARY, *stacks):
+            for concurrency in (1, 4):
+                row = rows[(pipeline, set_name, concurrency)]
+                table.add_row(
+                    set_name,
+                    pipeline,
+                    str(concurrency),
+                    *(f"{v:.1f}" for v in (row.images_s, row.p50_ms, row.p99_ms)),
+                )
+                cpu.add_row(
+                    set_name,
+                    "in-process insightface" if pipeline == LIBRARY else pipeline,
+                    str(concurrency),
+                    *("" if v is None else f"{v:.1f}" for v in (row.detect_ms, row.embed_ms)),
+                    f"{row.cpu_ms:.1f}",
+                )
+    ours = {(n, c): row for (p, n, c), row in rows.items() if p == SERVICES}
+    library = {(n, c): row for (p, n, c), row in rows.items() if p == LIBRARY}
+    per_photo = {n: row.own_p50 for (n, c), row in ours.items() if c == 1}
+    faces_found = {n: row.found for (n, c), row in ours.items() if c == 1}
     console.print(table)
     console.print(cpu)
 
@@ -470,14 +521,14 @@ def main() -> None:
         f"Model-time bound on the small photos ({per_small:.2f} faces per photo found, "
         f"{len(small_faces)} by insightface in {len(small)} photos): {bound:.1f} images/s "
         f"(one face each would give {1 / (1 / detector_rate + 1 / recognizer_rate):.1f}); the "
-        f"services at concurrency 4 reach {ours[('small photos', 4)][0] / bound:.0%} of it."
+        f"services at concurrency 4 reach {ours[('small photos', 4)].images_s / bound:.0%} of it."
     )
     # CPU time is steadier than wall time on a shared machine: the share of the services'
     # CPU per small photo that the two models' own runs account for.
     detector_ms, recognizer_ms = model_cpu_ms(args.rounds, small_faces)
     models_ms = detector_ms + per_small * recognizer_ms
     for concurrency in (1, 4):
-        spent = ours[("small photos", concurrency)][3]
+        spent = ours[("small photos", concurrency)].cpu_ms
         console.print(
             f"Small photos, concurrency {concurrency}: the models' own CPU per photo "
             f"({detector_ms:.1f} ms detector + {per_small:.2f} x {recognizer_ms:.1f} ms "
@@ -501,17 +552,16 @@ def main() -> None:
             f"{heic / same:.2f}x",
         )
     console.print(sources)
-    small_p50, same_p50 = ours[("small photos", 1)][1], ours[(SAME_SMALL, 1)][1]
+    small_p50, same_p50 = ours[("small photos", 1)].p50_ms, ours[(SAME_SMALL, 1)].p50_ms
     for set_name in ("12 MP JPEG", "12 MP HEIC"):
+        c1, c4, lib4 = ours[(set_name, 1)], ours[(set_name, 4)], library[(set_name, 4)]
         console.print(
             f"{set_name}: services p50 at concurrency 1 is "
-            f"{ours[(set_name, 1)][1] / same_p50:.2f}x the p50 of the same photos at 800x600 "
-            f"(same faces) and {ours[(set_name, 1)][1] / small_p50:.2f}x the small "
-            "photos' p50; at concurrency "
-            f"4 the services do {ours[(set_name, 4)][0] / library[(set_name, 4)][0]:.2f}x "
-            "in-process insightface's throughput at concurrency 4; the library spends "
-            f"{library[(set_name, 4)][3] / ours[(set_name, 4)][3]:.2f}x the services' CPU "
-            "per photo."
+            f"{c1.p50_ms / same_p50:.2f}x the p50 of the same photos at 800x600 "
+            f"(same faces) and {c1.p50_ms / small_p50:.2f}x the small photos' p50; at "
+            f"concurrency 4 the services do {c4.images_s / lib4.images_s:.2f}x in-process "
+            "insightface's throughput at concurrency 4; the library spends "
+            f"{lib4.cpu_ms / c4.cpu_ms:.2f}x the services' CPU per photo."
         )
 
 
