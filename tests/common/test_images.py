@@ -507,19 +507,25 @@ def test_boxes_are_the_pixels_of_the_whole_decode(
 
 
 @contextlib.contextmanager
-def lossless_cuts() -> Iterator[list[bool]]:
-    """Whether each full-size JPEG decode_boxes ran was answered by a lossless cut."""
+def answered_by(shortcut: str) -> Iterator[list[bool]]:
+    """Whether each call of `shortcut`, a libturbojpeg path of services.common.images that
+    answers None where Pillow must decode, answered."""
     answered: list[bool] = []
-    real = images._jpeg_regions
+    real = getattr(images, shortcut)
 
     def spy(*args: Any) -> Any:
-        regions = real(*args)
-        answered.append(regions is not None)
-        return regions
+        result = real(*args)
+        answered.append(result is not None)
+        return result
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(images, "_jpeg_regions", spy)
+        patch.setattr(images, shortcut, spy)
         yield answered
+
+
+def lossless_cuts() -> contextlib.AbstractContextManager[list[bool]]:
+    """Whether each full-size JPEG decode_boxes ran was answered by a lossless cut."""
+    return answered_by("_jpeg_regions")
 
 
 @pytest.mark.parametrize(
@@ -566,19 +572,10 @@ def test_jpegs_decoded_by_libturbojpeg_are_pillows_pixels(
     exif[EXIF_ORIENTATION] = orientation
     image = t1_small.resize((2001, 1393)).convert(mode)
     data = encode(image, "JPEG", quality=90, exif=exif.tobytes())
-    answered: list[bool] = []
-    real = images._jpeg_bgr
-
-    def spy(*args: Any) -> Any:
-        bgr = real(*args)
-        answered.append(bgr is not None)
-        return bgr
-
-    monkeypatch.setattr(images, "_jpeg_bgr", spy)
-    turbo = decode_image(data, MAX_BYTES, MAX_PIXELS, fit=fit)
-    assert answered == [True]
-    monkeypatch.setattr(images, "_turbojpeg", lambda: None)
-    pillow = decode_image(data, MAX_BYTES, MAX_PIXELS, fit=fit)
+    with answered_by("_jpeg_bgr") as answered:
+        turbo = decode_image(data, MAX_BYTES, MAX_PIXELS, fit=fit)
+        monkeypatch.setattr(images, "_turbojpeg", lambda: None)
+        pillow = decode_image(data, MAX_BYTES, MAX_PIXELS, fit=fit)
     assert answered == [True, False]
     assert turbo.scale == pillow.scale and turbo.original_size == pillow.original_size
     assert turbo.bgr.flags.c_contiguous
