@@ -105,10 +105,7 @@ def decode_image(
 
     def turbo(stored: tuple[int, int], turn: Image.Transpose | None, denominator: int) -> Any:
         bgr = _jpeg_bgr(data, stored, denominator)
-        if bgr is None or turn is None:
-            return bgr
-        # Pillow keeps a 3-channel array's channel order: BGR in, BGR out.
-        return np.ascontiguousarray(np.asarray(Image.fromarray(bgr).transpose(turn)))
+        return None if bgr is None else _turned(bgr, turn)
 
     bgr, fmt, sha256, original = _decode(
         data,
@@ -140,30 +137,52 @@ def decode_boxes(
 
     Returns the scale decoded (decoded pixels per original pixel, across and down) and, per
     box, its BGR pixels and the decoded position of their top-left corner. Only the boxes are
-    converted to BGR: on a 12 MP photo that conversion costs more than the decode. Only the
-    boxes are turned by the EXIF orientation, too: turning a whole 12 MP portrait photo costs
-    about as much as its decode.
+    turned by the EXIF orientation: turning a whole 12 MP portrait photo costs about as much
+    as its decode. A JPEG goes to libturbojpeg where it can: at full size the boxes are cut
+    out of the compressed photo and only they are decoded; reduced, the photo is decoded
+    straight to BGR. Otherwise Pillow decodes it and only the boxes are converted to BGR (on a
+    12 MP photo that conversion costs more than the decode).
     """
 
-    def cut(image: Image.Image, original: tuple[int, int], turn: Image.Transpose | None) -> Any:
-        shown = _turned_size(image.size, turn)
+    def cut_from(
+        size: tuple[int, int],
+        stored_bgr: Callable[[tuple[int, int, int, int]], npt.NDArray[np.uint8]],
+        original: tuple[int, int],
+        turn: Image.Transpose | None,
+    ) -> Any:
+        """The boxes of a decode of `size` (as stored), `stored_bgr(rect)` giving the BGR
+        pixels of one of its stored rectangles."""
+        shown = _turned_size(size, turn)
         scale = (shown[0] / original[0], shown[1] / original[1])
         regions = []
         for box in boxes:
             left, top, right, bottom = box_pixels(box, scale, shown)
             if right > left and bottom > top:
-                stored = image.crop(_stored_rect((left, top, right, bottom), turn, shown))
-                pixels = _to_bgr(stored if turn is None else stored.transpose(turn))
+                rect = _stored_rect((left, top, right, bottom), turn, shown)
+                pixels = _turned(stored_bgr(rect), turn)
             else:
                 pixels = np.zeros((bottom - top, right - left, 3), np.uint8)
             regions.append((pixels, (left, top)))
         return scale, regions
 
-    def cut_losslessly(
-        stored: tuple[int, int], turn: Image.Transpose | None, denominator: int
-    ) -> Any:
-        regions = _jpeg_regions(data, stored, turn, boxes) if denominator == 1 else None
-        return None if regions is None else ((1.0, 1.0), regions)
+    def cut(image: Image.Image, original: tuple[int, int], turn: Image.Transpose | None) -> Any:
+        return cut_from(image.size, lambda rect: _to_bgr(image.crop(rect)), original, turn)
+
+    def cut_turbo(stored: tuple[int, int], turn: Image.Transpose | None, denominator: int) -> Any:
+        if denominator == 1:
+            regions = _jpeg_regions(data, stored, turn, boxes)
+            return None if regions is None else ((1.0, 1.0), regions)
+        # Reduced: the whole photo straight to BGR, which costs less than Pillow's decode of
+        # it to RGB, then the boxes sliced out.
+        bgr = _jpeg_bgr(data, stored, denominator)
+        if bgr is None:
+            return None
+        original = _turned_size(stored, turn)
+
+        def sliced(rect: tuple[int, int, int, int]) -> npt.NDArray[np.uint8]:
+            return np.ascontiguousarray(bgr[rect[1] : rect[3], rect[0] : rect[2]])
+
+        return cut_from((bgr.shape[1], bgr.shape[0]), sliced, original, turn)
 
     cut_out, *_ = _decode(
         data,
@@ -174,7 +193,7 @@ def decode_boxes(
         min_scale,
         cut,
         turn_pixels=False,
-        jpeg=cut_losslessly,
+        jpeg=cut_turbo,
     )
     scale, regions = cut_out
     return scale, regions
@@ -300,10 +319,7 @@ def _jpeg_regions(
         if i not in decoded:
             pixels = np.zeros((rect[3] - rect[1], rect[2] - rect[0], 3), np.uint8)
         else:
-            pixels = decoded[i][top - y0 : bottom - y0, left - x0 : right - x0]
-            if turn is not None:
-                # Pillow keeps a 3-channel array's channel order: BGR in, BGR out.
-                pixels = np.asarray(Image.fromarray(pixels).transpose(turn))
+            pixels = _turned(decoded[i][top - y0 : bottom - y0, left - x0 : right - x0], turn)
         regions.append((np.ascontiguousarray(pixels), rect[:2]))
     return regions
 
@@ -476,6 +492,13 @@ def _orientation(image: Image.Image) -> Image.Transpose | None:
 
 def _turned_size(size: tuple[int, int], turn: Image.Transpose | None) -> tuple[int, int]:
     return (size[1], size[0]) if turn in _SWAPS_SIDES else size
+
+
+def _turned(bgr: npt.NDArray[np.uint8], turn: Image.Transpose | None) -> npt.NDArray[np.uint8]:
+    """BGR pixels turned by `turn` (Pillow keeps a 3-channel array's channel order)."""
+    if turn is None:
+        return bgr
+    return np.ascontiguousarray(np.asarray(Image.fromarray(bgr).transpose(turn)))
 
 
 def _stored_rect(

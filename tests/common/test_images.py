@@ -492,10 +492,12 @@ def test_boxes_are_the_pixels_of_the_whole_decode(
     data = encode(t1_small.resize((2560, 1768)), "JPEG", quality=95, exif=exif.tobytes())
     boxes = [(100.0, 200.5, 700.2, 900.9), (1500.0, 1500.0, 1900.0, 2700.0)]
     whole = decode_image(data, MAX_BYTES, MAX_PIXELS, fit=1, min_scale=min_scale)
-    with lossless_cuts() as answered:
+    with lossless_cuts() as answered, answered_by("_jpeg_bgr") as reduced:
         scale, cut = decode_boxes(data, MAX_BYTES, MAX_PIXELS, boxes, min_scale=min_scale)
-    # At full size the boxes are cut from the compressed photo, not from a whole decode.
+    # At full size the boxes are cut from the compressed photo; reduced, libturbojpeg
+    # decodes the whole photo straight to BGR.
     assert answered == ([True] if min_scale == 1.0 else [])
+    assert reduced == ([] if min_scale == 1.0 else [True])
     assert scale == whole.scale == (min_scale, min_scale)
     for box, (pixels, corner) in zip(boxes, cut, strict=True):
         left, top, right, bottom = box_pixels(box, scale, (whole.width, whole.height))
@@ -582,18 +584,22 @@ def test_jpegs_decoded_by_libturbojpeg_are_pillows_pixels(
     assert np.array_equal(turbo.bgr, pillow.bgr)
 
 
-def test_without_libturbojpeg_full_size_boxes_come_from_a_whole_decode(
-    t1_small: Image.Image, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("min_scale", [0.5, 1.0])
+def test_without_libturbojpeg_boxes_come_from_pillows_decode(
+    t1_small: Image.Image, monkeypatch: pytest.MonkeyPatch, min_scale: float
 ) -> None:
-    data = encode(t1_small.resize((1600, 1200)), "JPEG", quality=90)
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 8
+    data = encode(t1_small.resize((1600, 1200)), "JPEG", quality=90, exif=exif.tobytes())
     boxes = [(100.0, 100.0, 500.0, 600.0)]
-    _, with_cut = decode_boxes(data, MAX_BYTES, MAX_PIXELS, boxes, min_scale=1.0)
+    with_turbo = decode_boxes(data, MAX_BYTES, MAX_PIXELS, boxes, min_scale=min_scale)
     monkeypatch.setattr(images, "_turbojpeg", lambda: None)
-    with lossless_cuts() as answered:
-        _, without = decode_boxes(data, MAX_BYTES, MAX_PIXELS, boxes, min_scale=1.0)
-    assert answered == [False]
-    assert np.array_equal(with_cut[0][0], without[0][0])
-    assert with_cut[0][1] == without[0][1] == (100, 100)
+    with lossless_cuts() as cut, answered_by("_jpeg_bgr") as reduced:
+        without = decode_boxes(data, MAX_BYTES, MAX_PIXELS, boxes, min_scale=min_scale)
+    assert cut + reduced == [False]
+    assert with_turbo[0] == without[0] == (min_scale, min_scale)
+    assert np.array_equal(with_turbo[1][0][0], without[1][0][0])
+    assert with_turbo[1][0][1] == without[1][0][1]
 
 
 def test_formats_without_dct_scaling_shrink_by_a_box_filter(t1_small: Image.Image) -> None:
