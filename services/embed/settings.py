@@ -28,7 +28,7 @@ class EmbedSettings(ServerSettings, OnnxSettings):
         2,
         ge=1,
         description="Batches run at once (threads over one session): a second lets embed use "
-        "a core that detect leaves idle; batches form while they run, and on the CPU the "
-        "crops of one photo are shared among idle workers.",
+        "a core that detect leaves idle; batches form while they run, and on the CPU each "
+        "worker takes its share of the crops waiting.",
     )
     max_crops_per_request: int = Field(128, ge=1, description="Most crops in one Embed call.")
