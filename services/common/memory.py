@@ -20,8 +20,9 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 
-def retain_freed_memory(limit: int = RETAINED_BYTES) -> bool:
-    """Blocks up to `limit` bytes come from the heap, and up to `limit` freed bytes stay there.
+def retain_freed_memory(limit: int = RETAINED_BYTES, keep: int | None = None) -> bool:
+    """Blocks up to `limit` bytes come from the heap, and up to `keep` (default `limit`) freed
+    bytes stay there: a `keep` above `limit` keeps several such blocks freed together.
 
     False where the C library has no mallopt (musl, macOS): memory is then handled as before.
     """
@@ -32,4 +33,6 @@ def retain_freed_memory(limit: int = RETAINED_BYTES) -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, limit)) and bool(mallopt(_M_TRIM_THRESHOLD, limit))
+    return bool(mallopt(_M_MMAP_THRESHOLD, limit)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, limit if keep is None else keep)
+    )
