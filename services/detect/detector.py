@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,13 +14,15 @@ from insightface.model_zoo.scrfd import SCRFD
 from insightface.utils import face_align
 
 from services.common.model_base import OnnxModel
-from services.common.onnx import ShapeProfile
+from services.common.onnx import CPU, ShapeProfile
 from services.detect.settings import DetectSettings
 
 # insightface's norm_crop calls a scikit-image method that warns of its own future removal.
 warnings.filterwarnings("ignore", message=".*`estimate` is deprecated.*", category=FutureWarning)
 
 CROP_SIZE = 112
+# SCRFD's coarsest feature stride: an input side is a multiple of it.
+_STRIDE = 32
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class FaceDetector(OnnxModel):
     def __init__(self, settings: DetectSettings) -> None:
         super().__init__(settings)
         self._model: SCRFD | None = None
+        self._photo_shaped = False
 
     def shape_profile(self, path: Path) -> ShapeProfile:
         side = self.settings.input_size
@@ -64,11 +68,27 @@ class FaceDetector(OnnxModel):
             nms_thresh=self.settings.nms_threshold,
         )
         self._model = model
+        # On the CPU a photo runs at its own proportions (`input_shape`): a 4:3 photo padded
+        # to the square is a quarter zeros, and the model's time follows its input's area.
+        # GPU providers keep the one square shape, for which cuDNN picks its algorithms and
+        # TensorRT builds its engine once; a model file with a fixed input keeps its own.
+        height, width = session.get_inputs()[0].shape[2:]
+        self._photo_shaped = session.get_providers()[0] == CPU and not (
+            isinstance(height, int) or isinstance(width, int)
+        )
 
     def warm_up(self) -> None:
-        blank = np.zeros((self.settings.input_size, self.settings.input_size, 3), np.uint8)
-        for _ in range(2):
-            self.detect(blank, self.settings.score_threshold)
+        side = self.settings.input_size
+        # The square, and the commonest photo shapes (4:3, 16:9, either way up) where the
+        # input follows the photo: no call pays for the first run of its shape.
+        shapes = [(side, side)]
+        if self._photo_shaped:
+            shapes += [(side, side * 3 // 4), (side * 3 // 4, side)]
+            shapes += [(side, side * 9 // 16), (side * 9 // 16, side)]
+        for height, width in shapes:
+            blank = np.zeros((height, width, 3), np.uint8)
+            for _ in range(2):
+                self.detect(blank, self.settings.score_threshold)
 
     def _describe(self) -> dict[str, Any]:
         side = self.settings.input_size
@@ -84,12 +104,11 @@ class FaceDetector(OnnxModel):
         if self._model is None:
             raise RuntimeError("detector is not loaded")
         side = self.settings.input_size
+        image = _fit_for_resize(image_bgr, side)
+        size = input_shape(image.shape[:2], side) if self._photo_shaped else (side, side)
         with self.running():
             boxes, kpss = self._model.detect(
-                _fit_for_resize(image_bgr, side),
-                input_size=(side, side),
-                max_num=0,
-                det_thresh=score_threshold,
+                image, input_size=size, max_num=0, det_thresh=score_threshold
             )
         faces = [
             RawFace(
@@ -100,6 +119,20 @@ class FaceDetector(OnnxModel):
         faces = [f for f in faces if f.shorter_side >= min_face_size]
         faces.sort(key=lambda f: (-f.area, -f.score))
         return faces[:max_faces] if max_faces > 0 else faces
+
+
+def input_shape(size: tuple[int, int], side: int) -> tuple[int, int]:
+    """The detector input (width, height) for a photo of `size` (height, width): its longer
+    side `side`, its shorter one the photo's proportion of that, rounded up to the stride.
+
+    The photo is scaled into it as into the square (SCRFD keeps its proportions and pads the
+    rest): the faces found are the square's, within a pixel
+    (tests/detect/test_detector.py), for a 4:3 photo in three quarters of the model's time.
+    """
+    height, width = size
+    longer, shorter = max(height, width), min(height, width)
+    fitted = min(side, max(_STRIDE, math.ceil(side * shorter / longer / _STRIDE) * _STRIDE))
+    return (side, fitted) if width >= height else (fitted, side)
 
 
 def _fit_for_resize(image_bgr: np.ndarray, side: int) -> np.ndarray:

@@ -16,7 +16,11 @@ class DetectSettings(ServerSettings, OnnxSettings, ImageLimits):
     port: int = Field(50051, description="gRPC port.")
     metrics_port: int = Field(9101, description="Side port for /metrics and /health; 0 = off.")
     input_size: int = Field(
-        640, ge=32, le=2048, description="Detector input side (multiple of 32)."
+        640,
+        ge=32,
+        le=2048,
+        description="Detector input side (multiple of 32); on the CPU the photo's shorter side "
+        "gets its proportion of it, rounded up to 32 (a 4:3 photo runs at 640x480).",
     )
     score_threshold: float = Field(0.5, gt=0, lt=1, description="Minimum detection score.")
     nms_threshold: float = Field(0.4, gt=0, lt=1, description="IoU above which boxes merge.")

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import cv2
+import numpy as np
 import onnxruntime as ort
 import pytest
 
-from services.common.models import vectron_file
-from services.detect.detector import FaceDetector
+from services.common.models import insightface_image, vectron_file
+from services.detect.detector import FaceDetector, input_shape
 from services.detect.settings import DetectSettings
 
 
@@ -30,3 +31,53 @@ def test_scrfd_runs_the_factorys_session_and_no_other(monkeypatch: pytest.Monkey
     # insightface's SCRFD would open a second, fixed-shape session past the factory.
     assert opened == [detector.session]
     assert detector.session._enable_fallback is False
+
+
+@pytest.mark.parametrize(
+    ("size", "shape"),
+    [
+        ((3024, 4032), (640, 480)),  # a 4:3 phone photo
+        ((4032, 3024), (480, 640)),  # the same, upright
+        ((1080, 1920), (640, 384)),  # 16:9: 360 rounded up to the stride
+        ((500, 500), (640, 640)),
+        ((1, 5000), (640, 32)),  # a strip keeps one stride
+    ],
+)
+def test_the_input_follows_the_photos_proportions(
+    size: tuple[int, int], shape: tuple[int, int]
+) -> None:
+    assert input_shape(size, 640) == shape
+
+
+def test_the_cpu_runs_a_photo_at_its_proportions_and_finds_the_squares_faces(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A photo runs at its proportions (t1 at 640x448), not padded to 640x640: the same
+    faces, their boxes and landmarks within a pixel."""
+    detector = FaceDetector(DetectSettings())
+    detector.load()
+    square = FaceDetector(DetectSettings())
+    square.load()
+    square._photo_shaped = False  # the square input, as GPU providers run it
+    shapes: list[tuple[int, ...]] = []
+    real_run = detector.session.run
+
+    def spy(outputs: Any, feeds: dict[str, np.ndarray], *args: Any) -> Any:
+        shapes.append(next(iter(feeds.values())).shape)
+        return real_run(outputs, feeds, *args)
+
+    monkeypatch.setattr(detector.session, "run", spy)
+    photo = cv2.imread(str(insightface_image("t1.jpg")))  # 1280x886, six faces
+    # The photo, and its left part upright (600x886, three of the faces).
+    for image, faces in ((photo, 6), (np.ascontiguousarray(photo[:, :600]), 3)):
+        shapes.clear()
+        ours, theirs = detector.detect(image, 0.5), square.detect(image, 0.5)
+        expected = input_shape(image.shape[:2], 640)
+        assert shapes == [(1, 3, expected[1], expected[0])] and expected != (640, 640)
+        assert len(ours) == len(theirs) == faces
+        for mine, reference in zip(ours, theirs, strict=True):
+            # Within a pixel: a face near the padded edge sees the model's own zero padding
+            # where the square showed it black pixels.
+            assert np.abs(mine.box - reference.box).max() < 1.0
+            assert np.abs(mine.landmarks - reference.landmarks).max() < 1.0
+            assert abs(mine.score - reference.score) < 0.01
