@@ -608,3 +608,15 @@ def test_formats_without_dct_scaling_shrink_by_a_box_filter(t1_small: Image.Imag
     assert (small.width, small.height) == (640, 442)
     assert (small.original_width, small.original_height) == (1920, 1326)
     assert small.sha256 == decoded.sha256
+
+
+@pytest.mark.parametrize("turn", list(Image.Transpose))
+def test_turned_pixels_are_pillows(turn: Image.Transpose) -> None:
+    """OpenCV turns decoded pixels as Pillow's transpose would, a slice of rows and columns
+    (a region of a decode) included."""
+    bgr = np.random.default_rng(7).integers(0, 256, (61, 97, 3), np.uint8)
+    for pixels in (bgr, bgr[5:50, 3:90]):
+        pillow = np.asarray(Image.fromarray(pixels).transpose(turn))
+        turned = images._turned(pixels, turn)
+        assert turned.flags.c_contiguous
+        assert np.array_equal(turned, pillow)
