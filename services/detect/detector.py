@@ -68,14 +68,7 @@ class FaceDetector(OnnxModel):
             nms_thresh=self.settings.nms_threshold,
         )
         self._model = model
-        # On the CPU a photo runs at its own proportions (`input_shape`): a 4:3 photo padded
-        # to the square is a quarter zeros, and the model's time follows its input's area.
-        # GPU providers keep the one square shape, for which cuDNN picks its algorithms and
-        # TensorRT builds its engine once; a model file with a fixed input keeps its own.
-        height, width = session.get_inputs()[0].shape[2:]
-        self._photo_shaped = session.get_providers()[0] == CPU and not (
-            isinstance(height, int) or isinstance(width, int)
-        )
+        self._photo_shaped = photo_shaped(session.get_providers(), session.get_inputs()[0].shape)
 
     def warm_up(self) -> None:
         side = self.settings.input_size
@@ -119,6 +112,18 @@ class FaceDetector(OnnxModel):
         faces = [f for f in faces if f.shorter_side >= min_face_size]
         faces.sort(key=lambda f: (-f.area, -f.score))
         return faces[:max_faces] if max_faces > 0 else faces
+
+
+def photo_shaped(providers: list[str], model_input: list[int | str | None]) -> bool:
+    """Whether a session on `providers` runs each photo at its own proportions.
+
+    On the CPU it does (`input_shape`): a 4:3 photo padded to the square is a quarter zeros,
+    and the model's time follows its input's area. GPU providers keep the one square shape,
+    for which cuDNN picks its algorithms and TensorRT builds its engine once; a model file
+    with a fixed input size keeps its own.
+    """
+    height, width = model_input[2:]
+    return providers[0] == CPU and not (isinstance(height, int) or isinstance(width, int))
 
 
 def input_shape(size: tuple[int, int], side: int) -> tuple[int, int]:

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 
 from services.common.models import insightface_image, vectron_file
-from services.detect.detector import FaceDetector, input_shape
+from services.detect.detector import FaceDetector, input_shape, photo_shaped
 from services.detect.settings import DetectSettings
 
 
@@ -81,3 +81,19 @@ def test_the_cpu_runs_a_photo_at_its_proportions_and_finds_the_squares_faces(
             assert np.abs(mine.box - reference.box).max() < 1.0
             assert np.abs(mine.landmarks - reference.landmarks).max() < 1.0
             assert abs(mine.score - reference.score) < 0.01
+
+
+def test_only_the_cpu_runs_photos_at_their_proportions() -> None:
+    """No GPU here: the providers are named as a CUDA or TensorRT session reports them."""
+    dynamic: list[int | str | None] = ["?", 3, "?", "?"]
+    assert photo_shaped(["CPUExecutionProvider"], dynamic)
+    assert not photo_shaped(["CUDAExecutionProvider", "CPUExecutionProvider"], dynamic)
+    assert not photo_shaped(
+        ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"], dynamic
+    )
+    # A model file exported at a fixed size runs at that size.
+    assert not photo_shaped(["CPUExecutionProvider"], [1, 3, 640, 640])
+    # The shipped detector, on this machine's CPU.
+    detector = FaceDetector(DetectSettings())
+    detector.load()
+    assert photo_shaped(detector.providers, detector.session.get_inputs()[0].shape)
