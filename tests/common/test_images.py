@@ -20,7 +20,9 @@ from PIL import Image, ImageFile, features
 from services.common import images
 from services.common.errors import FaceScoreError, Reason
 from services.common.images import (
+    DEFAULT_MAX_JPEG_SCANS,
     DecodedImage,
+    _to_bgr,
     box_pixels,
     decode_boxes,
     decode_image,
@@ -620,3 +622,34 @@ def test_turned_pixels_are_pillows(turn: Image.Transpose) -> None:
         turned = images._turned(pixels, turn)
         assert turned.flags.c_contiguous
         assert np.array_equal(turned, pillow)
+
+
+def _pillows_pixels(data: bytes) -> Any:
+    """The photo as Pillow decodes it (no libheif or libturbojpeg shortcut): the reference."""
+    return images._decode(
+        data, MAX_BYTES, MAX_PIXELS, DEFAULT_MAX_JPEG_SCANS, None, 0.0, lambda im, *_: _to_bgr(im)
+    )[0]
+
+
+@pytest.mark.parametrize("orientation", [1, 6, 8])
+def test_heif_decoded_straight_to_bgr_is_pillows_pixels(
+    t1_small: Image.Image, orientation: int
+) -> None:
+    """libheif decodes an HEIF photo straight to BGR: Pillow's pixels, turned the same way."""
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    data = encode(t1_small.transpose(Image.Transpose.ROTATE_90), "HEIF", exif=exif.tobytes())
+    with answered_by("_heif_bgr") as answered:
+        decoded = decode(data)
+    assert answered == [True]
+    assert np.array_equal(decoded.bgr, _pillows_pixels(data))
+
+
+def test_heif_with_alpha_is_composited_by_pillow(t1_small: Image.Image) -> None:
+    rgba = t1_small.convert("RGBA")
+    rgba.putalpha(0)
+    data = encode(rgba, "HEIF")
+    with answered_by("_heif_bgr") as answered:
+        decoded = decode(data)
+    assert answered == []
+    assert (decoded.bgr == 255).all()  # fully transparent: white, not what lies beneath
