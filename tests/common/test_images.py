@@ -610,6 +610,13 @@ def test_formats_without_dct_scaling_shrink_by_a_box_filter(t1_small: Image.Imag
     assert (small.width, small.height) == (640, 442)
     assert (small.original_width, small.original_height) == (1920, 1326)
     assert small.sha256 == decoded.sha256
+    assert small.bgr.flags.c_contiguous
+    # Pillow's box filter, within one level (their rounding differs).
+    boxed = np.asarray(Image.fromarray(decoded.bgr).reduce(3)).astype(np.int16)
+    assert np.abs(small.bgr.astype(np.int16) - boxed).max() <= 1
+    # A size the factor does not divide: Pillow's size, the partial block one pixel.
+    odd = shrink(decode(encode(t1_small.resize((1999, 1381)), "PNG")), 640)
+    assert (odd.width, odd.height) == (667, 461)
 
 
 @pytest.mark.parametrize("turn", list(Image.Transpose))
