@@ -45,7 +45,8 @@ from services.common.memory import retain_freed_memory
 # Freed memory a decode worker keeps for its next photo: a 12 MP JPEG's coefficients, which
 # the lossless cut of its faces reads, are 37 MB at 4:2:0 chroma (49 at 4:2:2) in three blocks
 # freed together; kept to 32 MB, they went back to the kernel after every photo and were
-# faulted in afresh on the next: 9,000 pages, about 9 ms of gdp's 37 ms cut in a worker.
+# faulted in afresh on the next: 9,000 pages a photo (37.3 ms for gdp's cut in a worker, 28.3
+# once they stayed, in two runs of one probe).
 WORKER_RETAINED_BYTES = 64 * 1024 * 1024
 
 # spawn, not fork: the parent runs gRPC and ONNX Runtime threads, which fork would copy mid-state.
