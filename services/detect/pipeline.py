@@ -2,7 +2,7 @@
 
 A 12 MP phone photo is decoded at the smallest DCT scale that still fills the detector's input
 (1/4 for a 4032x3024 JPEG and a 640 input), several times cheaper than a full decode. A face
-whose aligned 112x112 crop would come from too few pixels at that scale (MAX_MAGNIFICATION)
+whose aligned 112x112 crop would come from too few pixels at that scale (max_magnification)
 is cropped from a finer decode of just its region, in the decode worker, which sends back only
 the 112x112 crop. Boxes and landmarks are in the original photo's pixels, EXIF orientation
 applied.
@@ -28,7 +28,7 @@ from services.common.decode_workers import (
     decode_crops,
     decode_for_detection,
 )
-from services.common.images import DecodedImage, decode_image, header_pixels
+from services.common.images import JPEG_SCALES, DecodedImage, decode_image, header_pixels
 from services.detect.detector import CROP_SIZE, FaceDetector, RawFace, align
 from services.detect.quality import face_quality
 
@@ -38,11 +38,15 @@ T = TypeVar("T")
 _CROP_CORNERS = np.array(
     [[0, 0, 1], [CROP_SIZE, 0, 1], [0, CROP_SIZE, 1], [CROP_SIZE, CROP_SIZE, 1]], np.float64
 )
-# Crop pixels per source pixel, at most: a crop is warped from at least 150 source pixels.
-# Measured on 12 MP photos decoded at 1/4 scale (tests/detect/test_scaled_decode.py): from
-# 112 pixels (1.0) embeddings came within 0.988-0.995 cosine of the full decode's, from 150
-# within 0.99, from 224 (0.5) within 0.996; each step finer costs a larger second decode.
-MAX_MAGNIFICATION = 0.75
+# Crop pixels per source pixel, at most, by the scale of the decode a crop is warped from.
+# Below 1/2, from at least 150 source pixels: on 12 MP photos decoded at 1/4 (libjpeg's 2x2
+# reduced inverse DCT), crops from 112 pixels (1.0) gave embeddings within 0.988-0.995 cosine
+# of the full decode's, from 150 within 0.99, from 224 (0.5) within 0.996. At 1/2 and finer,
+# from 112 (the 4x4 inverse DCT keeps more detail): 29 faces cropped from 103-170 pixels of a
+# 1/2 decode came within 0.990-0.998 (docs/benchmarks.md). Each step finer costs more decode.
+COARSE_MAGNIFICATION = 0.75
+FINE_MAGNIFICATION = 1.0
+FINE_SCALE = 0.5
 # Pixels around a crop's source rectangle, for the warp's bilinear neighbours.
 _MARGIN = 2
 
@@ -126,8 +130,7 @@ class DetectPipeline:
         fine: list[int],
     ) -> list[Face]:
         transforms = [face_align.estimate_norm(faces[i].landmarks, CROP_SIZE) for i in fine]
-        # The decode at which every such crop is warped from enough pixels.
-        scale = min(1.0, max(_magnification(m) for m in transforms) / MAX_MAGNIFICATION)
+        scale = finer_scale(max(_magnification(m) for m in transforms))
         rects = [_source_rect(m, image) for m in transforms]
         landmarks = [faces[i].landmarks for i in fine]
         crops = await decoder.call(decode_crops, self.limits, scale, rects, landmarks, CROP_SIZE)
@@ -179,14 +182,26 @@ def _face_of(raw: RawFace, image: DecodedImage) -> Face:
     to_original = np.array([sx, sy], np.float32)
     box = (raw.box.reshape(2, 2) / to_original).reshape(4)
     landmarks = raw.landmarks / to_original
-    if (
-        image.scale == (1.0, 1.0)
-        or _magnification(face_align.estimate_norm(raw.landmarks, CROP_SIZE)) <= MAX_MAGNIFICATION
-    ):
+    if image.scale == (1.0, 1.0) or _magnification(
+        face_align.estimate_norm(raw.landmarks, CROP_SIZE)
+    ) <= max_magnification(min(sx, sy)):
         crop: np.ndarray | None = align(image.bgr, raw.landmarks)
     else:
         crop = None
     return Face(box.astype(np.float32), raw.score, landmarks.astype(np.float32), crop)
+
+
+def max_magnification(scale: float) -> float:
+    """Crop pixels per source pixel allowed for crops from a decode at `scale`."""
+    return FINE_MAGNIFICATION if scale >= FINE_SCALE else COARSE_MAGNIFICATION
+
+
+def finer_scale(magnification: float) -> float:
+    """The smallest of libjpeg's power-of-two scales at which a crop of `magnification`
+    (crop pixels per original pixel) is warped from enough source pixels."""
+    return next(
+        (s for s in JPEG_SCALES if magnification / s <= max_magnification(s)), JPEG_SCALES[-1]
+    )
 
 
 def _magnification(transform: np.ndarray) -> float:

@@ -14,6 +14,12 @@ from facescore.devtools.phone_photos import ROTATED_90, encode, phone_frame, sam
 from facescore.v1 import common_pb2, detect_pb2, detect_pb2_grpc, embed_pb2, embed_pb2_grpc
 from services.common.images import decode_image
 from services.detect.detector import FaceDetector, align
+from services.detect.pipeline import (
+    COARSE_MAGNIFICATION,
+    FINE_MAGNIFICATION,
+    finer_scale,
+    max_magnification,
+)
 from services.detect.settings import DetectSettings
 from tests.conftest import ServiceProcess
 
@@ -85,7 +91,8 @@ def _compare(
 
 
 @pytest.mark.parametrize(
-    ("name", "fmt"), [("yaoming.jpg", "JPEG"), ("t1.jpg", "JPEG"), ("t1.jpg", "HEIF")]
+    ("name", "fmt"),
+    [("yaoming.jpg", "JPEG"), ("gdp.jpg", "JPEG"), ("t1.jpg", "JPEG"), ("t1.jpg", "HEIF")],
 )
 def test_phone_photo_matches_the_full_size_decode(
     detect_service: ServiceProcess,
@@ -94,7 +101,8 @@ def test_phone_photo_matches_the_full_size_decode(
     name: str,
     fmt: str,
 ) -> None:
-    """JPEG by DCT scaling; HEIC, which cannot scale, shrunk from the full decode."""
+    """JPEG by DCT scaling; HEIC, which cannot scale, shrunk from the full decode. gdp's
+    smallest face is cropped from about 124 pixels of a 1/2 decode, near that scale's bar."""
     with Image.open(sample_sources()[name][0]) as source:
         frame = phone_frame(source)
     # Portrait frames are stored turned, with EXIF orientation 6, as phones store them.
@@ -119,3 +127,27 @@ def test_small_faces_are_cropped_from_a_finer_decode(
         detect_service, embed_service, full_size_detector, buffer.getvalue(), canvas.size
     )
     assert compared >= 3
+
+
+@pytest.mark.parametrize(
+    ("magnification", "scale"),
+    [
+        (0.05, 1 / 8),
+        (0.1, 1 / 4),
+        (0.1875, 1 / 4),
+        (0.19, 1 / 2),
+        (0.45, 1 / 2),
+        (0.5, 1 / 2),
+        (0.51, 1.0),
+        (3.0, 1.0),
+    ],
+)
+def test_a_finer_decode_is_the_smallest_scale_with_enough_pixels(
+    magnification: float, scale: float
+) -> None:
+    """Below 1/2 a crop needs 150 source pixels (libjpeg's 2x2 inverse DCT blurs), from 1/2
+    on 112: gdp's smallest face (0.45 crop pixels per photo pixel) needs 1/2, not a full
+    decode."""
+    assert max_magnification(1 / 4) == COARSE_MAGNIFICATION < FINE_MAGNIFICATION
+    assert max_magnification(1 / 2) == max_magnification(1.0) == FINE_MAGNIFICATION
+    assert finer_scale(magnification) == scale
