@@ -15,7 +15,7 @@ BACKUPS ?= $(CURDIR)/backups
 STAMP := $(shell date -u +%Y%m%dT%H%M%SZ)
 
 .PHONY: all sync system-deps proto models run run-nginx test lint bench-inference bench-score bench-gpu \
-	bench-storage up up-gpu down logs ps backup restore clean clean-dev test-compose
+	bench-storage bench-crops up up-gpu down logs ps backup restore clean clean-dev test-compose
 
 all: test
 
@@ -76,6 +76,10 @@ bench-score: models
 # Model throughput on the configured providers beside the CPU; ORT=gpu runs it on CUDA.
 bench-gpu: models
 	$(RUN) python benchmarks/bench_gpu.py $(if $(filter gpu,$(ORT)),--providers cuda)
+
+# Face crops from reduced JPEG decodes against the full decode's: the bars detect crops by.
+bench-crops: models
+	$(RUN) python benchmarks/crop_fidelity.py
 
 # The embedded engine alone: recall and latency per search setting (--sizes 1000000: manual).
 bench-storage:

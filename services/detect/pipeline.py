@@ -42,8 +42,9 @@ _CROP_CORNERS = np.array(
 # Below 1/2, from at least 150 source pixels: on 12 MP photos decoded at 1/4 (libjpeg's 2x2
 # reduced inverse DCT), crops from 112 pixels (1.0) gave embeddings within 0.988-0.995 cosine
 # of the full decode's, from 150 within 0.99, from 224 (0.5) within 0.996. At 1/2 and finer,
-# from 112 (the 4x4 inverse DCT keeps more detail): 29 faces cropped from 103-170 pixels of a
-# 1/2 decode came within 0.990-0.998 (docs/benchmarks.md). Each step finer costs more decode.
+# from 112 (the 4x4 inverse DCT keeps more detail): the 46 faces of benchmarks/
+# crop_fidelity.py cropped from 112 pixels or more of a 1/2 decode came within 0.990-0.9997.
+# Each step finer costs more decode.
 COARSE_MAGNIFICATION = 0.75
 FINE_MAGNIFICATION = 1.0
 FINE_SCALE = 0.5
