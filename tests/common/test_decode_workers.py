@@ -3,6 +3,8 @@ worker's memory between photos."""
 
 from __future__ import annotations
 
+import mmap
+import multiprocessing
 import resource
 
 import numpy as np
@@ -13,6 +15,8 @@ from facescore.devtools.phone_photos import phone_photos
 from services.common.decode_workers import (
     DecodeLimits,
     DecodeWorkers,
+    _receive_answer,
+    _send_answer,
     decode_crops,
     decode_for_detection,
     decode_regions,
@@ -80,5 +84,53 @@ async def test_a_worker_keeps_the_memory_of_a_full_size_cut_for_the_next_photo(
                 faults.append(await worker.call(minor_faults) - before)
         assert faults[0] > 5000, faults  # the first cut faults its coefficients in
         assert max(faults[1:]) < 2000, faults
+    finally:
+        workers.stop()
+
+
+def test_answer_arrays_pass_through_shared_memory_and_past_its_end_through_the_pipe() -> None:
+    """An answer's arrays are copied into the memory both ends map, not pickled into the pipe;
+    one that does not fit takes the pipe. Either way the parent gets writable copies, which
+    the worker's next answer does not change."""
+    rng = np.random.default_rng(7)
+    image = rng.integers(0, 256, (756, 1008, 3), dtype=np.uint8)  # a 12 MP photo at 1/4
+    crops = [rng.integers(0, 256, (112, 112, 3), dtype=np.uint8) for _ in range(3)]
+    shared = mmap.mmap(-1, image.nbytes + 2 * crops[0].nbytes)  # the last crop will not fit
+    parent, child = multiprocessing.Pipe()
+    try:
+        _send_answer(child, shared, ("ok", {"image": image, "crops": crops}))
+        kind, value = _receive_answer(parent, shared)
+        assert kind == "ok"
+        # The image went through the shared memory, the first crops after it.
+        assert shared[: image.nbytes] == image.tobytes()
+        assert shared[image.nbytes : image.nbytes + crops[0].nbytes] == crops[0].tobytes()
+        assert not parent.poll()  # nothing left in the pipe
+        shared[:] = bytes(len(shared))  # the worker's next answer
+        assert np.array_equal(value["image"], image)
+        for got, sent in zip(value["crops"], crops, strict=True):
+            assert np.array_equal(got, sent)
+        assert value["image"].flags.writeable and value["crops"][2].flags.writeable
+        value["image"][0, 0] = 1
+    finally:
+        parent.close()
+        child.close()
+        shared.close()
+
+
+async def test_a_real_worker_answers_the_detector_image_through_shared_memory(
+    gdp_12mp: bytes,
+) -> None:
+    """The decode a worker sends back equals the decode in this process, call after call
+    (each answer overwrites the last in the shared memory)."""
+    workers = DecodeWorkers(1, budget_s=30.0)
+    workers.start()
+    try:
+        async with workers.session() as worker:
+            first = await worker.call(decode_for_detection, gdp_12mp, LIMITS, 640)
+            crops = await worker.call(decode_crops, LIMITS, 0.5, BOXES, LANDMARKS, 112)
+        here = decode_for_detection(gdp_12mp, LIMITS, 640)
+        assert np.array_equal(first.bgr, here.bgr) and first.sha256 == here.sha256
+        assert [c.shape for c in crops] == [(112, 112, 3)] * 2
+        assert np.array_equal(crops[0], decode_crops(LIMITS, 0.5, BOXES, LANDMARKS, 112)[0])
     finally:
         workers.stop()
