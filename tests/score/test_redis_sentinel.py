@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from urllib.parse import quote
 
 import pytest
+import redis
 from pydantic import SecretStr, ValidationError
 
 from facescore.devtools.redis_server import RedisSentinel, RedisServer
@@ -35,6 +36,15 @@ def wait_for(what: str, check: Callable[[], object], timeout: float = 30.0) -> N
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def role(server: RedisServer) -> str | None:
+    """The server's replication role; None while it refuses connections, as a demoted master
+    does for a moment when it drops its clients to turn replica."""
+    try:
+        return str(server.client().info()["role"])
+    except redis.ConnectionError:
+        return None
 
 
 @pytest.fixture
@@ -78,9 +88,7 @@ async def test_cache_follows_a_failover(
         with sentinel.client() as client:
             client.execute_command("SENTINEL", "FAILOVER", sentinel.name)
         wait_for("Sentinel to promote the replica", lambda: sentinel.master_port() == replica.port)
-        wait_for(
-            "the old master to turn replica", lambda: master.client().info()["role"] == "slave"
-        )
+        wait_for("the old master to turn replica", lambda: role(master) == "slave")
 
         # The cache's open connections point at the old master, now a read-only replica: the
         # first write fails over to a fresh lookup; the circuit breaker bounds the gap.
