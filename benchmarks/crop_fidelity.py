@@ -2,7 +2,7 @@
 
 detect decodes a 12 MP JPEG at 1/4 for the detector and cuts each face's 112x112 crop from
 that decode when the crop is warped from enough pixels of it; otherwise from a finer decode
-(services/detect/pipeline.py, `max_magnification`). This prints, for the faces of the sample
+(services/detect/pipeline.py, `clears_bar`). This prints, for the faces of the sample
 photos on 12 MP frames (at their full size and shrunk on a plain canvas, so that faces come in
 many sizes), the embedding cosine between the crop from the 1/4 and the 1/2 decode and the
 crop from the full decode, with the same landmarks, beside the source pixels the crop is
@@ -24,7 +24,7 @@ from rich.table import Table
 from facescore.devtools.phone_photos import phone_frame, sample_sources
 from services.common.images import decode_image
 from services.detect.detector import CROP_SIZE, FaceDetector, align
-from services.detect.pipeline import max_magnification
+from services.detect.pipeline import clears_bar, magnification
 from services.detect.settings import DetectSettings
 
 MODELS = "public/models"
@@ -74,28 +74,27 @@ def main() -> None:
         for face in detector.detect(quarter.bgr, 0.5):
             landmarks = face.landmarks / quarter.scale[0]
             reference = vector(align(full.bgr, landmarks))
-            transform = face_align.estimate_norm(landmarks, CROP_SIZE)
-            magnification = float(np.sqrt(abs(np.linalg.det(transform[:, :2]))))
+            per_original = magnification(face_align.estimate_norm(landmarks, CROP_SIZE))
             cosines = [
                 float(vector(align(reduced[s].bgr, landmarks * reduced[s].scale[0])) @ reference)
                 for s in SCALES
             ]
-            rows.append((CROP_SIZE / magnification, name, magnification, cosines))
+            rows.append((CROP_SIZE / per_original, name, per_original, cosines))
 
     table = Table(title="crop from a reduced decode against the full decode's: embedding cosine")
     for column in ("photo", "source px at 1/4", "cosine 1/4", "source px at 1/2", "cosine 1/2"):
         table.add_column(
             column, justify="left" if column == "photo" else "right", no_wrap=column == "photo"
         )
-    for px, name, magnification, cosines in sorted(rows):
+    for px, name, per_original, cosines in sorted(rows):
         cells = [name]
         for scale, cosine in zip(SCALES, cosines, strict=True):
-            allowed = magnification / scale <= max_magnification(scale)
+            allowed = clears_bar(per_original, scale)
             cells += [f"{px * scale:.1f}" + ("" if allowed else " (finer)"), f"{cosine:.4f}"]
         table.add_row(*cells)
     Console().print(table)
-    for scale, cosine_index in zip(SCALES, range(len(SCALES)), strict=True):
-        kept = [r[3][cosine_index] for r in rows if r[2] / scale <= max_magnification(scale)]
+    for index, scale in enumerate(SCALES):
+        kept = [r[3][index] for r in rows if clears_bar(r[2], scale)]
         if kept:
             print(
                 f"1/{round(1 / scale)}: {len(kept)} faces within its bar, cosine "

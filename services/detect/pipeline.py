@@ -131,7 +131,7 @@ class DetectPipeline:
         fine: list[int],
     ) -> list[Face]:
         transforms = [face_align.estimate_norm(faces[i].landmarks, CROP_SIZE) for i in fine]
-        scale = finer_scale(max(_magnification(m) for m in transforms))
+        scale = finer_scale(max(magnification(m) for m in transforms))
         rects = [_source_rect(m, image) for m in transforms]
         landmarks = [faces[i].landmarks for i in fine]
         crops = await decoder.call(decode_crops, self.limits, scale, rects, landmarks, CROP_SIZE)
@@ -183,7 +183,7 @@ def _face_of(raw: RawFace, image: DecodedImage) -> Face:
     to_original = np.array([sx, sy], np.float32)
     box = (raw.box.reshape(2, 2) / to_original).reshape(4)
     landmarks = raw.landmarks / to_original
-    if image.scale == (1.0, 1.0) or _magnification(
+    if image.scale == (1.0, 1.0) or magnification(
         face_align.estimate_norm(raw.landmarks, CROP_SIZE)
     ) <= max_magnification(min(sx, sy)):
         crop: np.ndarray | None = align(image.bgr, raw.landmarks)
@@ -197,15 +197,19 @@ def max_magnification(scale: float) -> float:
     return FINE_MAGNIFICATION if scale >= FINE_SCALE else COARSE_MAGNIFICATION
 
 
-def finer_scale(magnification: float) -> float:
-    """The smallest of libjpeg's power-of-two scales at which a crop of `magnification`
-    (crop pixels per original pixel) is warped from enough source pixels."""
-    return next(
-        (s for s in JPEG_SCALES if magnification / s <= max_magnification(s)), JPEG_SCALES[-1]
-    )
+def clears_bar(per_original: float, scale: float) -> bool:
+    """Whether a crop of `per_original` crop pixels per original pixel is warped from enough
+    pixels of a decode at `scale`."""
+    return per_original / scale <= max_magnification(scale)
 
 
-def _magnification(transform: np.ndarray) -> float:
+def finer_scale(per_original: float) -> float:
+    """The smallest of libjpeg's power-of-two scales at which a crop of `per_original` crop
+    pixels per original pixel is warped from enough source pixels."""
+    return next((s for s in JPEG_SCALES if clears_bar(per_original, s)), JPEG_SCALES[-1])
+
+
+def magnification(transform: np.ndarray) -> float:
     """Crop pixels per source pixel of a similarity transform: above 1, the crop is upsampled."""
     return float(np.sqrt(abs(np.linalg.det(transform[:, :2]))))
 
