@@ -36,6 +36,7 @@ from rich.table import Table
 from benchmarks.bench_inference import (
     MODELS,
     REPO,
+    Span,
     bench_in_process,
     free_port,
     single_face_photos,
@@ -111,18 +112,17 @@ class ScoreProcess:
 
 async def timed(calls: Sequence[Callable[[], Awaitable[object]]], concurrency: int) -> Stats:
     """Run the calls with `concurrency` of them in flight; latency of each, and the rate."""
-    latencies: list[float] = []
+    spans: list[Span] = []
     queue = iter(calls)
 
     async def worker() -> None:
         for call in queue:  # one iterator shared by the workers: each call runs once
             t = time.perf_counter()
             await call()
-            latencies.append(time.perf_counter() - t)
+            spans.append((t, time.perf_counter()))
 
-    started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return summarize(latencies, time.perf_counter() - started, len(latencies))
+    return summarize(spans)
 
 
 def stub(channel: grpc.aio.Channel) -> score_pb2_grpc.ScoreServiceStub:
@@ -264,17 +264,16 @@ class InProcessIdentify:
 def bench_in_process_identify(
     pipeline: InProcessIdentify, photos: list[bytes], rounds: int, concurrency: int
 ) -> Stats:
-    def one(data: bytes) -> float:
+    def one(data: bytes) -> Span:
         t = time.perf_counter()
         pipeline.identify(data)
-        return time.perf_counter() - t
+        return t, time.perf_counter()
 
     pipeline.identify(photos[0])
     work = [data for _ in range(rounds) for data in photos]
-    started = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
-        latencies = list(pool.map(one, work))
-    return summarize(latencies, time.perf_counter() - started, len(latencies))
+        spans = list(pool.map(one, work))
+    return summarize(spans)
 
 
 # Gallery size.
