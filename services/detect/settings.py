@@ -28,7 +28,12 @@ class DetectSettings(ServerSettings, OnnxSettings, ImageLimits):
     min_face_size: int = Field(
         0, ge=0, description="Faces whose shorter box side is below this many pixels are dropped."
     )
-    workers: int = Field(1, ge=1, description="Photos detected in parallel (threads).")
+    workers: int = Field(
+        2,
+        ge=1,
+        description="Photos detected in parallel (threads over one session): a second lets "
+        "detect use a core that embed leaves idle.",
+    )
     decode_workers: int = Field(
         2, ge=1, description="Processes decoding photos; a decode over its budget ends its own."
     )
