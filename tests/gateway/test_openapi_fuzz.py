@@ -52,14 +52,16 @@ def with_real_resources(case: schemathesis.Case, photo: bytes, gallery: str) -> 
     if not isinstance(case.body, dict):
         return
     encoded = base64.b64encode(photo).decode()
-    real = {
-        "image": photo,
-        "other_image": photo,
+    real: dict[str, object] = {
         "image_base64": encoded,
         "other_image_base64": encoded,
         "gallery": gallery,
         "subject_id": "ada",
     }
+    if (case.media_type or "").startswith("multipart/"):
+        # Raw bytes go in file parts only: a JSON body whose extra keys happen to be named
+        # "image" keeps its drawn values (bytes are not JSON).
+        real.update(image=photo, other_image=photo)
     case.body.update({name: value for name, value in real.items() if name in case.body})
     if case.path == "/api/v1/verify" and not {"other_image", "other_image_base64"} & set(case.body):
         case.body.update(gallery=gallery, subject_id="ada")
