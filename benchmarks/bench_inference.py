@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import hashlib
 import io
+import multiprocessing
 import os
 import pickle
 import socket
@@ -253,8 +254,6 @@ class ModelsOnEveryCore:
     models' throughput over every core is measured, not worked out from one run alone."""
 
     def __init__(self, faces: list[np.ndarray], images: list[np.ndarray]) -> None:
-        import multiprocessing
-
         self.cores = os.cpu_count() or 1
         self.faces_per_image = len(faces) / max(1, len(images))
         # spawn: this process holds ONNX Runtime's threads, which fork would copy mid-state.
@@ -549,7 +548,7 @@ def median_sample(samples: list[Sample]) -> Sample:
 
 
 def bound_shares(samples: list[Sample], rate_bound: float, cores: int) -> list[tuple[float, float]]:
-    """(bound, share of it reached) for each sample that measured its models' CPU beside it.
+    """(bound, share of it reached) for each sample that had the models measured beside it.
 
     The bound is the higher of `rate_bound` (the models' rates with ONNX Runtime's default
     threads) and every core running single-threaded sessions at what a run cost at that
@@ -697,11 +696,12 @@ def main() -> None:
         cpu.add_column(column, justify="left" if column in ("photos", "pipeline") else "right")
     small_faces = face_blobs(small)  # the recognizer's real inputs, for the floors and bound
     small_inputs = detector_blobs(small)
-    models = ModelsOnEveryCore(small_faces, small_inputs)
     stacks = {SERVICES: Services(REPO)}
+    models: ModelsOnEveryCore | None = None
     try:
         if args.baseline_tree is not None:
             stacks[BASELINE] = Services(args.baseline_tree)
+        models = ModelsOnEveryCore(small_faces, small_inputs)
         rows, samples = measure_rows(
             photo_sets,
             rounds,
@@ -715,7 +715,8 @@ def main() -> None:
             else {}
         )
     finally:
-        models.close()
+        if models is not None:
+            models.close()
         for stack in stacks.values():
             stack.stop()
     for set_name in photo_sets:
