@@ -160,21 +160,26 @@ def detector_blobs(photos: list[bytes], side: int = 640) -> list[np.ndarray]:
     return blobs
 
 
+def single_threaded_session(model: str, warm: np.ndarray) -> tuple[ort.InferenceSession, str]:
+    """A session on `model` with one thread, as the services run it (ONNX Runtime settings'
+    defaults), and its input's name, run once on `warm`."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(MODELS / model), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    session.run(None, {name: warm})
+    return session, name
+
+
 def model_cpu_ms(
     rounds: int, faces: list[np.ndarray], images: list[np.ndarray]
 ) -> tuple[float, float]:
     """CPU ms of one detector run (one of `images`) and one recognizer run (one of `faces`),
-    with the single-threaded sessions the services use (ONNX Runtime settings' defaults)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
+    with the single-threaded sessions the services use."""
     costs = []
     for model, inputs in (("scrfd_500m_bnkps.onnx", images), ("w600k_mbf.onnx", faces)):
-        session = ort.InferenceSession(
-            str(MODELS / model), options, providers=["CPUExecutionProvider"]
-        )
-        name = session.get_inputs()[0].name
-        session.run(None, {name: inputs[0]})
+        session, name = single_threaded_session(model, inputs[0])
         runs = 20 * rounds
         started = time.process_time()
         for i in range(runs):
@@ -188,20 +193,12 @@ _loaded: dict[str, tuple[ort.InferenceSession, str, list[np.ndarray]]] = {}
 
 
 def _load_models(faces: list[np.ndarray], shapes: list[tuple[int, ...]]) -> None:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
     rng = np.random.default_rng(0)
     for model, inputs in (
         ("scrfd_500m_bnkps.onnx", [rng.standard_normal(s).astype(np.float32) for s in shapes]),
         ("w600k_mbf.onnx", faces),
     ):
-        session = ort.InferenceSession(
-            str(MODELS / model), options, providers=["CPUExecutionProvider"]
-        )
-        name = session.get_inputs()[0].name
-        session.run(None, {name: inputs[0]})
-        _loaded[model] = (session, name, inputs)
+        _loaded[model] = (*single_threaded_session(model, inputs[0]), inputs)
 
 
 def _run_models_until(start: float, deadline: float, faces_per_image: float) -> list[float]:
@@ -594,7 +591,7 @@ def measure_rows(
                         beside = models_beside if set_name == SMALL and concurrency == 4 else None
                         before = beside() if beside else None
                         sample = stacks[pipeline].measure(photos, rounds[set_name], concurrency)
-                        if beside and before:
+                        if beside and before is not None:
                             costs = [c.per_photo(sample.found) for c in (before, beside())]
                             sample.models_ms = statistics.mean(wall for wall, _ in costs)
                             sample.models_cpu_ms = statistics.mean(cpu for _, cpu in costs)
@@ -701,13 +698,10 @@ def main() -> None:
     try:
         if args.baseline_tree is not None:
             stacks[BASELINE] = Services(args.baseline_tree)
-        models = ModelsOnEveryCore(small_faces, small_inputs)
+        if SMALL in photo_sets:  # the bound is measured beside the small photos' samples
+            models = ModelsOnEveryCore(small_faces, small_inputs)
         rows, samples = measure_rows(
-            photo_sets,
-            rounds,
-            stacks,
-            args.repeats,
-            models.measure,
+            photo_sets, rounds, stacks, args.repeats, models.measure if models else None
         )
         paired = (
             paired_p50(photo_sets, args.phone_rounds * args.repeats, stacks[SERVICES])
@@ -803,15 +797,15 @@ def main() -> None:
             f"it (the median; samples: {', '.join(f'{s:.0%}' for _, s in shares)})."
         )
     # CPU time is steadier than wall time on a shared machine: the share of the services'
-    # CPU per small photo that the two models' own runs account for, every core busy.
+    # CPU per small photo that the two models' own runs account for, every core busy, at
+    # concurrency 4, beside whose samples the models ran.
     models_cpu_ms = ours[(SMALL, 4)].models_cpu_ms or 0.0
-    for concurrency in (1, 4):
-        spent = ours[(SMALL, concurrency)].cpu_ms
-        console.print(
-            f"Small photos, concurrency {concurrency}: the models' own CPU per photo "
-            f"({models_cpu_ms:.1f} ms, every core running them) is "
-            f"{models_cpu_ms / spent:.0%} of the {spent:.1f} ms the services spend."
-        )
+    spent = ours[(SMALL, 4)].cpu_ms
+    console.print(
+        f"Small photos, concurrency 4: the models' own CPU per photo ({models_cpu_ms:.1f} ms, "
+        f"every core running them) is {models_cpu_ms / spent:.0%} of the {spent:.1f} ms the "
+        "services spend."
+    )
     small_p50 = ours[(SMALL, 1)].p50_ms
     for set_name in ("12 MP JPEG", "12 MP HEIC"):
         ratios = [mp / same for mp, same in zip(paired[set_name], paired[SAME_SMALL], strict=True)]
