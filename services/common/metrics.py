@@ -34,6 +34,12 @@ MODEL_SECONDS = Histogram(
     ["model"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
 )
+DECODES_AHEAD = Counter(
+    "facescore_decodes_ahead",
+    "Large JPEGs decoded at 1/2 while the detector ran, by whether their faces' crops used "
+    "that decode (used), needed none finer (unused) or needed a finer one (too_coarse).",
+    ["outcome"],
+)
 QUEUE_DEPTH = Gauge("facescore_queue_depth", "Items waiting for a model run.", ["model"])
 
 

@@ -39,6 +39,7 @@ class DetectService(detect_pb2_grpc.DetectServiceServicer):
             limits,
             settings.input_size,
             settings.inline_decode_pixels,
+            settings.decode_ahead,
         )
         self._ready = False
 

@@ -3,24 +3,32 @@ worker's memory between photos."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import mmap
 import multiprocessing
+import os
 import resource
+import time
 
 import numpy as np
 import pytest
 from insightface.utils import face_align
+from PIL import Image
 
 from facescore.devtools.phone_photos import phone_photos
+from services.common import decode_workers
 from services.common.decode_workers import (
     DecodeLimits,
     DecodeWorkers,
     _receive_answer,
     _send_answer,
     decode_crops,
+    decode_finer,
     decode_for_detection,
     decode_regions,
 )
+from services.common.errors import FaceScoreError, Reason
 from services.common.images import decode_image
 
 LIMITS = DecodeLimits(max_bytes=20 * 1024 * 1024, max_pixels=40_000_000, max_jpeg_scans=100)
@@ -60,6 +68,118 @@ def test_crops_cut_in_the_worker_are_those_of_its_regions(gdp_12mp: bytes, scale
             reference = face_align.norm_crop(whole.bgr, marks, 112).astype(np.int16)
             difference = np.abs(crop.astype(np.int16) - reference)
             assert difference.max() <= 1 and difference.mean() < 0.05
+
+
+def test_crops_from_the_finer_decode_made_ahead_are_those_of_a_cut(
+    gdp_12mp: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole photo decoded at 1/2 ahead gives the crops a lossless cut at 1/2 gives, with
+    no cut; faces that need full size are still cut at full size."""
+    cut_scales: list[float] = []
+    cut = decode_workers.decode_boxes
+
+    def counted(*args: object, **kwargs: float) -> object:
+        cut_scales.append(kwargs["min_scale"])
+        return cut(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(decode_workers, "decode_boxes", counted)
+    decode_for_detection(gdp_12mp, LIMITS, 640)
+    from_cut = decode_crops(LIMITS, 0.5, BOXES, LANDMARKS, 112)
+    assert cut_scales == [0.5]
+    assert decode_finer(LIMITS, 0.5)
+    regions = decode_regions(LIMITS, 0.5, BOXES)
+    from_whole = decode_crops(LIMITS, 0.5, BOXES, LANDMARKS, 112)
+    assert cut_scales == [0.5]  # no cut: both came from the decode made ahead
+    assert [r.scale for r in regions] == [(0.5, 0.5)] * 2
+    for crop, reference in zip(from_whole, from_cut, strict=True):
+        assert np.abs(crop.astype(np.int16) - reference).max() <= 1
+    assert [r.scale for r in decode_regions(LIMITS, 1.0, BOXES)] == [(1.0, 1.0)] * 2
+    assert cut_scales == [0.5, 1.0]
+    decode_for_detection(gdp_12mp, LIMITS, 640)  # the next photo forgets the last one's
+    decode_regions(LIMITS, 0.5, BOXES)
+    assert cut_scales == [0.5, 1.0, 0.5]
+
+
+def test_a_photo_decoded_at_full_size_has_no_finer_decode() -> None:
+    """Formats without DCT scaling keep their full-size decode for the crops already."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (2400, 1800), (120, 90, 60)).save(buffer, "PNG")
+    small = decode_for_detection(buffer.getvalue(), LIMITS, 640)
+    assert max(small.scale) < 0.5  # shrunk from the full-size decode for the detector
+    assert not decode_finer(LIMITS, 0.5)
+    assert [r.scale for r in decode_regions(LIMITS, 0.5, BOXES[:1])] == [(1.0, 1.0)]
+
+
+def burn_cpu(seconds: float) -> None:
+    """Spends `seconds` of CPU time (run in a decode worker)."""
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+async def test_a_call_ahead_runs_while_the_request_goes_on() -> None:
+    """`start` returns at once; the session's next call waits for the call ahead; a session
+    that ends with a call still ahead hands its worker to the next request only once that
+    call is done, and the worker is kept, not replaced."""
+    workers = DecodeWorkers(1, budget_s=30.0)
+    workers.start()
+    try:
+        async with workers.session() as session:
+            started = time.perf_counter()
+            ahead = session.start(time.sleep, 0.4)
+            assert time.perf_counter() - started < 0.1
+            pid = await session.call(os.getpid)
+            assert ahead.done() and time.perf_counter() - started >= 0.4
+        async with workers.session() as session:
+            session.start(time.sleep, 0.4)
+            started = time.perf_counter()
+        assert time.perf_counter() - started < 0.1  # the request is not held up
+        async with workers.session() as session:  # the only worker, once it has slept
+            assert time.perf_counter() - started >= 0.4
+            assert await session.call(os.getpid) == pid
+    finally:
+        workers.stop()
+
+
+async def test_a_failed_request_stops_its_call_ahead() -> None:
+    """A request that fails or is cancelled with a call still ahead ends that call with its
+    worker (a fresh one takes its place), instead of leaving the decode to finish."""
+    workers = DecodeWorkers(1, budget_s=30.0)
+    workers.start()
+    try:
+        async with workers.session() as session:
+            pid = await session.call(os.getpid)
+        with pytest.raises(ValueError):
+            async with workers.session() as session:
+                ahead = session.start(time.sleep, 30)
+                await asyncio.sleep(0.1)
+                raise ValueError("the request failed")
+        started = time.perf_counter()
+        async with workers.session() as session:
+            assert await session.call(os.getpid) != pid
+        assert time.perf_counter() - started < 20
+        assert ahead.cancelled()
+    finally:
+        workers.stop()
+
+
+async def test_a_call_ahead_over_budget_refuses_the_next_call() -> None:
+    """The budget holds for a call ahead: the request's next call gets the decode's refusal,
+    not a broken pipe, and the worker is replaced."""
+    workers = DecodeWorkers(1, budget_s=1.0)
+    workers.start()
+    try:
+        async with workers.session() as session:
+            pid = await session.call(os.getpid)
+        with pytest.raises(FaceScoreError) as refused:
+            async with workers.session() as session:
+                session.start(burn_cpu, 5.0)
+                await session.call(os.getpid)
+        assert refused.value.reason == Reason.IMAGE_TOO_COMPLEX
+        async with workers.session() as session:
+            assert await session.call(os.getpid) != pid
+    finally:
+        workers.stop()
 
 
 def minor_faults() -> int:

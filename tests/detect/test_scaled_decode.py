@@ -3,20 +3,27 @@ full-size decode: boxes and landmarks in the photo's own pixels, EXIF orientatio
 
 from __future__ import annotations
 
+import asyncio
 import io
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
 import pytest
 from PIL import Image
+from prometheus_client import REGISTRY
 
 from facescore.devtools.phone_photos import ROTATED_90, encode, phone_frame, sample_sources
 from facescore.v1 import common_pb2, detect_pb2, detect_pb2_grpc, embed_pb2, embed_pb2_grpc
+from services.common.decode_workers import DecodeLimits, DecodeWorkers
 from services.common.images import decode_image
 from services.detect.detector import FaceDetector, align
 from services.detect.pipeline import (
     COARSE_MAGNIFICATION,
     FINE_MAGNIFICATION,
+    DetectOptions,
+    DetectPipeline,
     finer_scale,
     max_magnification,
 )
@@ -112,21 +119,82 @@ def test_phone_photo_matches_the_full_size_decode(
     assert compared >= 1
 
 
-def test_small_faces_are_cropped_from_a_finer_decode(
-    detect_service: ServiceProcess,
-    embed_service: ServiceProcess,
-    full_size_detector: FaceDetector,
-) -> None:
+@pytest.fixture(scope="module")
+def small_faces_12mp() -> bytes:
     """t1's faces at their own size on a 12 MP frame: 1/4 scale would leave them ~30 px."""
     canvas = Image.new("RGB", (4032, 3024), (90, 100, 110))
     with Image.open(sample_sources()["t1.jpg"][0]) as source:
         canvas.paste(source.convert("RGB").resize((2560, 1772)), (700, 600))
     buffer = io.BytesIO()
     canvas.save(buffer, "JPEG", quality=92)
+    return buffer.getvalue()
+
+
+def test_small_faces_are_cropped_from_a_finer_decode(
+    detect_service: ServiceProcess,
+    embed_service: ServiceProcess,
+    full_size_detector: FaceDetector,
+    small_faces_12mp: bytes,
+) -> None:
+    """One call at a time: the finer decode is made while the detector runs."""
     compared = _compare(
-        detect_service, embed_service, full_size_detector, buffer.getvalue(), canvas.size
+        detect_service, embed_service, full_size_detector, small_faces_12mp, (4032, 3024)
     )
     assert compared >= 3
+
+
+@pytest.fixture
+async def decoders() -> AsyncIterator[DecodeWorkers]:
+    workers = DecodeWorkers(2, budget_s=30.0)
+    workers.start()
+    await workers.warm_up()
+    yield workers
+    workers.stop()
+
+
+def _decodes_ahead(outcome: str) -> float:
+    return REGISTRY.get_sample_value("facescore_decodes_ahead_total", {"outcome": outcome}) or 0
+
+
+async def test_a_lone_large_jpeg_is_decoded_finer_while_the_detector_runs(
+    full_size_detector: FaceDetector, decoders: DecodeWorkers, small_faces_12mp: bytes
+) -> None:
+    """Alone in detect, the 12 MP photo is decoded at 1/2 beside the detector, and its small
+    faces' crops are those of the cut made after the detector; with two photos in flight the
+    cores are busy and neither is decoded ahead; with decode_ahead off none is."""
+    settings = DetectSettings()
+    limits = DecodeLimits(*LIMITS, settings.max_jpeg_scans)
+    options = DetectOptions(0.5, 100, 0, include_crops=True)
+    with ThreadPoolExecutor(2) as threads:
+
+        def pipeline(ahead: bool) -> DetectPipeline:
+            return DetectPipeline(
+                full_size_detector,
+                decoders,
+                threads,
+                limits,
+                settings.input_size,
+                settings.inline_decode_pixels,
+                decode_ahead=ahead,
+            )
+
+        used = _decodes_ahead("used")
+        alone = await pipeline(True).run(small_faces_12mp, options)
+        assert _decodes_ahead("used") == used + 1
+        after = await pipeline(False).run(small_faces_12mp, options)
+        together = pipeline(True)
+        both = await asyncio.gather(*(together.run(small_faces_12mp, options) for _ in range(2)))
+        assert _decodes_ahead("used") == used + 1
+    assert len(alone.faces) >= 3
+    for response in (after, *both):
+        assert len(response.faces) == len(alone.faces)
+        for ours, theirs in zip(alone.faces, response.faces, strict=True):
+            assert ours.landmarks == theirs.landmarks
+            difference = np.abs(
+                np.frombuffer(ours.crop.bgr, np.uint8).astype(np.int16)
+                - np.frombuffer(theirs.crop.bgr, np.uint8)
+            )
+            assert difference.max() <= 1
 
 
 @pytest.mark.parametrize(
