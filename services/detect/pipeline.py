@@ -7,10 +7,13 @@ is cropped from a finer decode of just its region, in the decode worker, which s
 the 112x112 crop. Boxes and landmarks are in the original photo's pixels, EXIF orientation
 applied.
 
-When a large JPEG is the only photo in detect, a core is idle while the detector runs: the
-decode worker decodes the whole photo at 1/2 meanwhile (`decode_ahead`), and small faces are
-cropped from that decode, not from a cut made after the detector (about as costly). With other
-photos in flight the cores are busy, and only the faces that need it are decoded finer.
+When a large JPEG is the only photo in detect and the machine has lately left a core idle,
+the decode worker decodes the whole photo at 1/2 on that core while the detector runs
+(`decode_ahead`), and small faces are cropped from that decode, not from a cut made after the
+detector (about as costly). With other photos in flight, or the cores busy (embed batching
+other photos' faces), only the faces that need it are decoded finer, after the detector: a
+photo whose faces need no finer decode would waste the decode ahead, on a core other work
+needed.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from services.common.decode_workers import (
     decode_for_detection,
 )
 from services.common.images import JPEG_SCALES, DecodedImage, decode_image, header_pixels
+from services.common.load import IdleCores
 from services.common.metrics import DECODES_AHEAD
 from services.detect.detector import CROP_SIZE, FaceDetector, RawFace, align
 from services.detect.quality import face_quality
@@ -55,6 +59,10 @@ _CROP_CORNERS = np.array(
 COARSE_MAGNIFICATION = 0.75
 FINE_MAGNIFICATION = 1.0
 FINE_SCALE = 0.5
+# Cores the machine must have left idle lately (on average over half a second) for a decode
+# ahead: one photo at a time through the services leaves about one of two cores idle, while
+# several photos in flight leave less than a fifth of one.
+AHEAD_IDLE_CORES = 0.5
 # Pixels around a crop's source rectangle, for the warp's bilinear neighbours.
 _MARGIN = 2
 
@@ -85,6 +93,7 @@ class DetectPipeline:
         fit: int,
         inline_pixels: int,
         decode_ahead: bool = True,
+        idle: Callable[[], float | None] | None = None,
     ) -> None:
         self.detector = detector
         self.decoders = decoders
@@ -93,6 +102,7 @@ class DetectPipeline:
         self.fit = fit
         self.inline_pixels = inline_pixels
         self.decode_ahead = decode_ahead
+        self._idle = idle or IdleCores()
         self._in_flight = 0  # photos in this pipeline now, this one included
 
     async def run(self, data: bytes, options: DetectOptions) -> detect_pb2.DetectResponse:
@@ -123,13 +133,20 @@ class DetectPipeline:
 
     def _ahead(self, image: DecodedImage) -> bool:
         """Whether to decode the photo at FINE_SCALE while the detector runs: a JPEG decoded
-        coarser for the detector, with no other photo in detect to use the idle core."""
-        return (
+        coarser for the detector, alone in detect, on a machine whose cores have lately been
+        left idle (AHEAD_IDLE_CORES)."""
+        if not (
             self.decode_ahead
             and self._in_flight == 1
             and image.format == "JPEG"
             and max(image.scale) < FINE_SCALE
-        )
+        ):
+            return False
+        idle = self._idle()
+        if idle is not None and idle < AHEAD_IDLE_CORES:
+            DECODES_AHEAD.labels(outcome="machine_busy").inc()
+            return False
+        return True
 
     async def _in_thread(self, function: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
