@@ -600,25 +600,36 @@ def measure_rows(
 
 
 def paired_p50(
-    photo_sets: dict[str, list[bytes]], rounds: int, stack: Services
-) -> dict[str, list[float]]:
-    """Each phone photo's p50 ms at concurrency 1 in every phone set that ran, by set, the
-    versions of a photo called in turn (800x600, 12 MP JPEG, 12 MP HEIC, then the next
-    photo) for `rounds` passes: a slow spell of a shared machine falls on every version of
-    a photo alike, where rows measured minutes apart would compare one moment with another."""
+    photo_sets: dict[str, list[bytes]], rounds: int, stacks: dict[str, Services]
+) -> dict[str, dict[str, list[float]]]:
+    """Each phone photo's p50 ms at concurrency 1 in every phone set that ran, by stack and
+    set, the versions of a photo called in turn (800x600, 12 MP JPEG, 12 MP HEIC, then the
+    next photo), a pass through each stack in turn, for `rounds` passes: a slow spell of a
+    shared machine falls on every version of a photo, and on every stack, alike, where rows
+    measured minutes apart would compare one moment with another."""
     names = [name for name in (SAME_SMALL, "12 MP JPEG", "12 MP HEIC") if name in photo_sets]
     count = len(photo_sets[names[0]])
     interleaved = [photo_sets[name][i] for i in range(count) for name in names]
-    _, own_p50, _ = asyncio.run(bench_services(interleaved, rounds, 1, *stack.addresses))
-    return {name: own_p50[k :: len(names)] for k, name in enumerate(names)}
+    calls: dict[str, list[list[float]]] = {label: [] for label in stacks}
+    for _ in range(rounds):
+        for label, stack in stacks.items():
+            _, own, _ = asyncio.run(bench_services(interleaved, 1, 1, *stack.addresses))
+            calls[label].append(own)
+    paired = {}
+    for label, passes in calls.items():
+        p50 = [statistics.median(one[i] for one in passes) for i in range(len(interleaved))]
+        paired[label] = {name: p50[k :: len(names)] for k, name in enumerate(names)}
+    return paired
 
 
-def per_photo_table(photos: list[PhonePhoto], per_photo: dict[str, list[float]]) -> Table:
+def per_photo_table(photos: list[PhonePhoto], paired: dict[str, dict[str, list[float]]]) -> Table:
     """Each phone photo's p50 at concurrency 1 against its own frame at 800x600: the same
-    faces, fewer pixels (for the phone sets that ran; `paired_p50`)."""
+    faces, fewer pixels (for the phone sets that ran; `paired_p50`); with a baseline, its
+    ratios beside."""
     table = Table(
         title="services p50 ms at concurrency 1, each photo: 12 MP against 800x600, called in turn"
     )
+    per_photo = paired[SERVICES]
     sets = [name for name in ("12 MP JPEG", "12 MP HEIC") if name in per_photo]
     table.add_column("photo")
     for column in ("faces", "800x600 JPEG"):
@@ -626,11 +637,16 @@ def per_photo_table(photos: list[PhonePhoto], per_photo: dict[str, list[float]])
     for name in sets:
         table.add_column(name, justify="right")
         table.add_column("ratio", justify="right")
+        if BASELINE in paired:
+            table.add_column("baseline's ratio", justify="right")
     for i, photo in enumerate(photos):
         same = per_photo[SAME_SMALL][i]
         cells = [photo.name.split(" ")[0], str(photo.faces), f"{same:.1f}"]
         for name in sets:
             cells += [f"{per_photo[name][i]:.1f}", f"{per_photo[name][i] / same:.2f}x"]
+            if BASELINE in paired:
+                base = paired[BASELINE]
+                cells.append(f"{base[name][i] / base[SAME_SMALL][i]:.2f}x")
         table.add_row(*cells)
     return table
 
@@ -704,7 +720,7 @@ def main() -> None:
             photo_sets, rounds, stacks, args.repeats, models.measure if models else None
         )
         paired = (
-            paired_p50(photo_sets, args.phone_rounds * args.repeats, stacks[SERVICES])
+            paired_p50(photo_sets, args.phone_rounds * args.repeats, stacks)
             if SAME_SMALL in photo_sets
             else {}
         )
@@ -808,7 +824,11 @@ def main() -> None:
     )
     small_p50 = ours[(SMALL, 1)].p50_ms
     for set_name in ("12 MP JPEG", "12 MP HEIC"):
-        ratios = [mp / same for mp, same in zip(paired[set_name], paired[SAME_SMALL], strict=True)]
+        ours_paired = paired[SERVICES]
+        ratios = [
+            mp / same
+            for mp, same in zip(ours_paired[set_name], ours_paired[SAME_SMALL], strict=True)
+        ]
         console.print(
             f"{set_name}: each photo's services p50 at concurrency 1 is {min(ratios):.2f}x to "
             f"{max(ratios):.2f}x the p50 of its own frame at 800x600 (same faces, called in "

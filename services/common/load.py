@@ -3,7 +3,7 @@
 For work that pays only on a core that would otherwise sit idle. The figure is an average
 over the last half second or more, from the kernel's idle time (psutil's cpu_times): a count
 of the threads runnable at one instant caught detect's own short-lived threads (gRPC's event
-engine, a decode worker going back to wait) at about half the moments it was read.
+engine, a decode worker going back to wait) at more than half the moments it was read.
 """
 
 from __future__ import annotations
