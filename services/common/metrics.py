@@ -38,7 +38,7 @@ DECODES_AHEAD = Counter(
     "facescore_decodes_ahead",
     "Large JPEGs alone in detect decoded at 1/2 while the detector ran, by whether their "
     "faces' crops used that decode (used), needed none finer (unused) or needed a finer one "
-    "(too_coarse); machine_busy: not decoded ahead, the cores having lately been busy.",
+    "(too_coarse); machine_busy: not decoded ahead, more threads runnable than cores.",
     ["outcome"],
 )
 QUEUE_DEPTH = Gauge("facescore_queue_depth", "Items waiting for a model run.", ["model"])

@@ -7,8 +7,8 @@ is cropped from a finer decode of just its region, in the decode worker, which s
 the 112x112 crop. Boxes and landmarks are in the original photo's pixels, EXIF orientation
 applied.
 
-When a large JPEG is the only photo in detect and the machine has lately left a core idle,
-the decode worker decodes the whole photo at 1/2 on that core while the detector runs
+When a large JPEG is the only photo in detect and the machine has a core to spare, the
+decode worker decodes the whole photo at 1/2 on that core while the detector runs
 (`decode_ahead`), and small faces are cropped from that decode, not from a cut made after the
 detector (about as costly). With other photos in flight, or the cores busy (embed batching
 other photos' faces), only the faces that need it are decoded finer, after the detector: a
@@ -38,7 +38,7 @@ from services.common.decode_workers import (
     decode_for_detection,
 )
 from services.common.images import JPEG_SCALES, DecodedImage, decode_image, header_pixels
-from services.common.load import IdleCores
+from services.common.load import spare_cores
 from services.common.metrics import DECODES_AHEAD
 from services.detect.detector import CROP_SIZE, FaceDetector, RawFace, align
 from services.detect.quality import face_quality
@@ -59,10 +59,12 @@ _CROP_CORNERS = np.array(
 COARSE_MAGNIFICATION = 0.75
 FINE_MAGNIFICATION = 1.0
 FINE_SCALE = 0.5
-# Cores the machine must have left idle lately (on average over half a second) for a decode
-# ahead: one photo at a time through the services leaves about one of two cores idle, while
-# several photos in flight leave less than a fifth of one.
-AHEAD_IDLE_CORES = 0.5
+# Cores left over now, counting the threads runnable (this one, which the detector takes
+# over, included), for a decode ahead: none runnable beside this thread leaves one core spare,
+# one beside it, none. At one photo at a time a thread of gRPC's or the decode worker's own
+# is often still runnable at that moment (in 60 % of the readings of a probe), so one is
+# allowed; at concurrency 4, embed's two batch threads and this one leave -1.
+AHEAD_SPARE_CORES = 0
 # Pixels around a crop's source rectangle, for the warp's bilinear neighbours.
 _MARGIN = 2
 
@@ -93,7 +95,7 @@ class DetectPipeline:
         fit: int,
         inline_pixels: int,
         decode_ahead: bool = True,
-        idle: Callable[[], float | None] | None = None,
+        spare: Callable[[], int | None] = spare_cores,
     ) -> None:
         self.detector = detector
         self.decoders = decoders
@@ -102,7 +104,7 @@ class DetectPipeline:
         self.fit = fit
         self.inline_pixels = inline_pixels
         self.decode_ahead = decode_ahead
-        self._idle = idle or IdleCores()
+        self._spare = spare
         self._in_flight = 0  # photos in this pipeline now, this one included
 
     async def run(self, data: bytes, options: DetectOptions) -> detect_pb2.DetectResponse:
@@ -133,8 +135,8 @@ class DetectPipeline:
 
     def _ahead(self, image: DecodedImage) -> bool:
         """Whether to decode the photo at FINE_SCALE while the detector runs: a JPEG decoded
-        coarser for the detector, alone in detect, on a machine whose cores have lately been
-        left idle (AHEAD_IDLE_CORES)."""
+        coarser for the detector, alone in detect, on a machine with a core to spare
+        (AHEAD_SPARE_CORES)."""
         if not (
             self.decode_ahead
             and self._in_flight == 1
@@ -142,8 +144,8 @@ class DetectPipeline:
             and max(image.scale) < FINE_SCALE
         ):
             return False
-        idle = self._idle()
-        if idle is not None and idle < AHEAD_IDLE_CORES:
+        spare = self._spare()
+        if spare is not None and spare < AHEAD_SPARE_CORES:
             DECODES_AHEAD.labels(outcome="machine_busy").inc()
             return False
         return True

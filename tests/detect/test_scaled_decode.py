@@ -159,16 +159,16 @@ def _decodes_ahead(outcome: str) -> float:
 async def test_a_lone_large_jpeg_is_decoded_finer_while_the_detector_runs(
     full_size_detector: FaceDetector, decoders: DecodeWorkers, small_faces_12mp: bytes
 ) -> None:
-    """Alone in detect with a core idle, the 12 MP photo is decoded at 1/2 beside the detector,
+    """Alone in detect with a core spare, the 12 MP photo is decoded at 1/2 beside the detector,
     and its small faces' crops are those of the cut made after the detector. With no core
-    idle, with two photos in flight, or with decode_ahead off, none is decoded ahead."""
+    spare, with two photos in flight, or with decode_ahead off, none is decoded ahead."""
     settings = DetectSettings()
     limits = DecodeLimits(*LIMITS, settings.max_jpeg_scans)
     options = DetectOptions(0.5, 100, 0, include_crops=True)
     with ThreadPoolExecutor(2) as threads:
 
-        def pipeline(ahead: bool, idle: float) -> DetectPipeline:
-            # The idle cores are given, not read: other processes on a test machine come and go.
+        def pipeline(ahead: bool, spare: int) -> DetectPipeline:
+            # The spare cores are given, not read: other processes on a test machine come and go.
             return DetectPipeline(
                 full_size_detector,
                 decoders,
@@ -177,16 +177,16 @@ async def test_a_lone_large_jpeg_is_decoded_finer_while_the_detector_runs(
                 settings.input_size,
                 settings.inline_decode_pixels,
                 decode_ahead=ahead,
-                idle=lambda: idle,
+                spare=lambda: spare,
             )
 
         used, skipped = _decodes_ahead("used"), _decodes_ahead("machine_busy")
-        alone = await pipeline(True, idle=1.0).run(small_faces_12mp, options)
+        alone = await pipeline(True, spare=1).run(small_faces_12mp, options)
         assert _decodes_ahead("used") == used + 1
-        off = await pipeline(False, idle=1.0).run(small_faces_12mp, options)
-        busy = await pipeline(True, idle=0.2).run(small_faces_12mp, options)
+        off = await pipeline(False, spare=1).run(small_faces_12mp, options)
+        busy = await pipeline(True, spare=-1).run(small_faces_12mp, options)
         assert _decodes_ahead("machine_busy") == skipped + 1
-        together = pipeline(True, idle=1.0)
+        together = pipeline(True, spare=1)
         both = await asyncio.gather(*(together.run(small_faces_12mp, options) for _ in range(2)))
         assert _decodes_ahead("used") == used + 1
     assert len(alone.faces) >= 3
