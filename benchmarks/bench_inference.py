@@ -823,8 +823,8 @@ def main() -> None:
         "services spend."
     )
     small_p50 = ours[(SMALL, 1)].p50_ms
+    ours_paired = paired[SERVICES]
     for set_name in ("12 MP JPEG", "12 MP HEIC"):
-        ours_paired = paired[SERVICES]
         ratios = [
             mp / same
             for mp, same in zip(ours_paired[set_name], ours_paired[SAME_SMALL], strict=True)

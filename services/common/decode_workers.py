@@ -323,7 +323,8 @@ class DecodeSession:
         return self.ahead
 
     async def call(self, function: Callable[..., Any], *args: Any) -> Any:
-        """`function(*args)` in the worker, within the budget; refusals raise FaceScoreError.
+        """`function(*args)` in the worker, within the budget, once a call started ahead is
+        done; refusals raise FaceScoreError.
 
         Cancelled (a deadline, a client gone), the call leaves `busy` set: the session kills
         the worker mid-decode.
