@@ -622,10 +622,33 @@ def paired_p50(
     return paired
 
 
-def per_photo_table(photos: list[PhonePhoto], paired: dict[str, dict[str, list[float]]]) -> Table:
+def decode_alone_p50(photo_sets: dict[str, list[bytes]], rounds: int) -> dict[str, list[float]]:
+    """Each 12 MP photo's p50 wall ms to decode it for the detector as detect decodes it (a
+    JPEG by DCT scaling; an HEIC whole, libheif's tiles on every core), in this process with
+    nothing else running: no pipeline with these decoders answers that photo sooner."""
+    alone: dict[str, list[float]] = {}
+    for name in ("12 MP JPEG", "12 MP HEIC"):
+        if name not in photo_sets:
+            continue
+        times: list[list[float]] = [[] for _ in photo_sets[name]]
+        for _ in range(rounds):
+            for i, data in enumerate(photo_sets[name]):
+                started = time.perf_counter()
+                decode_image(data, 1 << 30, 1 << 30, fit=640)
+                times[i].append(1000 * (time.perf_counter() - started))
+        alone[name] = [statistics.median(one) for one in times]
+    return alone
+
+
+def per_photo_table(
+    photos: list[PhonePhoto],
+    paired: dict[str, dict[str, list[float]]],
+    alone: dict[str, list[float]],
+) -> Table:
     """Each phone photo's p50 at concurrency 1 against its own frame at 800x600: the same
     faces, fewer pixels (for the phone sets that ran; `paired_p50`); with a baseline, its
-    ratios beside."""
+    ratios beside; and the decode alone against the same frame, the least any pipeline with
+    these decoders can reach."""
     table = Table(
         title="services p50 ms at concurrency 1, each photo: 12 MP against 800x600, called in turn"
     )
@@ -639,6 +662,7 @@ def per_photo_table(photos: list[PhonePhoto], paired: dict[str, dict[str, list[f
         table.add_column("ratio", justify="right")
         if BASELINE in paired:
             table.add_column("baseline's ratio", justify="right")
+        table.add_column("decode alone", justify="right")
     for i, photo in enumerate(photos):
         same = per_photo[SAME_SMALL][i]
         cells = [photo.name.split(" ")[0], str(photo.faces), f"{same:.1f}"]
@@ -647,6 +671,7 @@ def per_photo_table(photos: list[PhonePhoto], paired: dict[str, dict[str, list[f
             if BASELINE in paired:
                 base = paired[BASELINE]
                 cells.append(f"{base[name][i] / base[SAME_SMALL][i]:.2f}x")
+            cells.append(f"{alone[name][i]:.1f} ({alone[name][i] / same:.2f}x)")
         table.add_row(*cells)
     return table
 
@@ -768,7 +793,8 @@ def main() -> None:
                 "concurrency 4 while both keep the cores busy."
             )
     if SAME_SMALL in photo_sets:
-        console.print(per_photo_table(phones[::2], paired))
+        alone = decode_alone_p50(photo_sets, 3 * args.repeats)
+        console.print(per_photo_table(phones[::2], paired, alone))
     if set(photo_sets) != set(PHOTO_SETS):
         return
 

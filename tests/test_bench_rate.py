@@ -5,8 +5,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from rich.console import Console
 
-from benchmarks.bench_inference import ModelsOnEveryCore, Sample, bound_shares, summarize
+from benchmarks.bench_inference import (
+    SAME_SMALL,
+    SERVICES,
+    ModelsOnEveryCore,
+    Sample,
+    bound_shares,
+    per_photo_table,
+    summarize,
+)
+from facescore.devtools.phone_photos import PhonePhoto
 
 
 def test_one_call_at_a_time_counts_the_calls_before_the_last() -> None:
@@ -67,3 +77,16 @@ def test_the_models_run_on_every_core_at_once() -> None:
             costs.detector_cpu_ms + 2 * costs.recognizer_cpu_ms,
         )
     )
+
+
+def test_each_phone_photo_is_set_beside_its_decode_alone() -> None:
+    """Target (a) per photo: the 12 MP p50 over its 800x600 frame's, and the decode alone
+    over the same frame's, the least any pipeline with that decoder could reach."""
+    photos = [PhonePhoto("a.jpg as JPEG", b"", 1), PhonePhoto("b.jpg as JPEG", b"", 5)]
+    paired = {SERVICES: {SAME_SMALL: [40.0, 80.0], "12 MP HEIC": [400.0, 440.0]}}
+    alone = {"12 MP HEIC": [340.0, 300.0]}
+    console = Console(width=200, record=True)
+    console.print(per_photo_table(photos, paired, alone))
+    rows = [line for line in console.export_text().splitlines() if ".jpg" in line]
+    assert "10.00x" in rows[0] and "340.0 (8.50x)" in rows[0]
+    assert "5.50x" in rows[1] and "300.0 (3.75x)" in rows[1]

@@ -638,14 +638,18 @@ def _pillows_pixels(data: bytes) -> Any:
     )[0]
 
 
+@pytest.mark.parametrize("tile", [0, 256])
 @pytest.mark.parametrize("orientation", [1, 6, 8])
 def test_heif_decoded_straight_to_bgr_is_pillows_pixels(
-    t1_small: Image.Image, orientation: int
+    t1_small: Image.Image, orientation: int, tile: int
 ) -> None:
-    """libheif decodes an HEIF photo straight to BGR: Pillow's pixels, turned the same way."""
+    """libheif decodes an HEIF photo straight to BGR: Pillow's pixels, turned the same way;
+    one HEVC image, or a grid of tiles as phones store them (edge tiles cut short here)."""
     exif = Image.Exif()
     exif[EXIF_ORIENTATION] = orientation
-    data = encode(t1_small.transpose(Image.Transpose.ROTATE_90), "HEIF", exif=exif.tobytes())
+    turned = t1_small.transpose(Image.Transpose.ROTATE_90)
+    data = encode(turned, "HEIF", exif=exif.tobytes(), tile_size=tile)
+    assert (b"grid" in data) == bool(tile)  # the grid's item in the file's item list
     with answered_by("_heif_bgr") as answered:
         decoded = decode(data)
     assert answered == [True]

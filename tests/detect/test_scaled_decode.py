@@ -99,7 +99,13 @@ def _compare(
 
 @pytest.mark.parametrize(
     ("name", "fmt"),
-    [("yaoming.jpg", "JPEG"), ("gdp.jpg", "JPEG"), ("t1.jpg", "JPEG"), ("t1.jpg", "HEIF")],
+    [
+        ("yaoming.jpg", "JPEG"),
+        ("gdp.jpg", "JPEG"),
+        ("t1.jpg", "JPEG"),
+        ("t1.jpg", "HEIF"),
+        ("yaoming.jpg", "HEIF"),
+    ],
 )
 def test_phone_photo_matches_the_full_size_decode(
     detect_service: ServiceProcess,
@@ -108,8 +114,9 @@ def test_phone_photo_matches_the_full_size_decode(
     name: str,
     fmt: str,
 ) -> None:
-    """JPEG by DCT scaling; HEIC, which cannot scale, shrunk from the full decode. gdp's
-    smallest face is cropped from about 124 pixels of a 1/2 decode, near that scale's bar."""
+    """JPEG by DCT scaling; HEIC, which cannot scale, shrunk from the full decode of its
+    grid of tiles, a portrait one turned by its EXIF orientation. gdp's smallest face is
+    cropped from about 124 pixels of a 1/2 decode, near that scale's bar."""
     with Image.open(sample_sources()[name][0]) as source:
         frame = phone_frame(source)
     # Portrait frames are stored turned, with EXIF orientation 6, as phones store them.
