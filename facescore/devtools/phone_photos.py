@@ -18,8 +18,9 @@ from PIL import Image, ImageOps
 from services.common.models import insightface_image, vectron_file
 
 PHONE_SIZE = (4032, 3024)
-# Phones store an HEIC photo as a grid of 512x512 HEVC tiles, which libheif decodes on as
-# many threads as there are tiles in flight; one HEVC image of 12 MP decodes on one thread.
+# Phones store an HEIC photo as a grid of 512x512 HEVC tiles, which libheif decodes on
+# several threads (pillow-heif's DECODE_THREADS, 4 by default); one HEVC image of 12 MP
+# decodes on one thread.
 HEIC_TILE = 512
 # EXIF orientation 6: the sensor's landscape pixels, shown turned 90 degrees clockwise, as
 # phones store portrait photos.
