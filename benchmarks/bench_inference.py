@@ -327,6 +327,12 @@ def bench_raw_models(
     return rows
 
 
+def decode_for_detector(data: bytes) -> None:
+    """The photo decoded for the detector's 640 pixels as detect decodes it, no limits: a
+    JPEG by DCT scaling; HEIC, whose decoder cannot scale, whole, turned by its EXIF."""
+    decode_image(data, 1 << 30, 1 << 30, fit=640)
+
+
 def photo_bytes_rows(photos: list[bytes]) -> list[tuple[str, float]]:
     """CPU ms per photo of what each hop does with its bytes (score -> detect -> a decode
     worker), beside the cheapest decode of the same photos: is a copy worth cutting?"""
@@ -356,23 +362,22 @@ def photo_bytes_rows(photos: list[bytes]) -> list[tuple[str, float]]:
         ),
         (
             "baseline: decode at 1/4 scale",
-            cpu_ms(lambda data: decode_image(data, 1 << 30, 1 << 30, fit=640), repeats=2),
+            cpu_ms(decode_for_detector, repeats=2),
         ),
     ]
 
 
 def floor_ms(photos: list[bytes], faces: list[np.ndarray], faces_per_photo: float) -> float:
     """CPU ms per photo of the work a pipeline with these decoders and models cannot skip:
-    the photo decoded for the detector as detect decodes it (a JPEG by DCT scaling; HEIC,
-    whose decoder cannot scale, whole, turned by its EXIF orientation), the detector at that
-    shape, the recognizer once per face.
+    the photo decoded for the detector (`decode_for_detector`), the detector at that shape,
+    the recognizer once per face.
 
     Finer decodes for small faces, alignment and transport are left out, so the library's
     CPU over this floor bounds, within the few ms a turn costs, the ratio a pipeline's
     throughput can reach against the library's when both keep the cores busy."""
     started = time.process_time()
     for data in photos:
-        decode_image(data, 1 << 30, 1 << 30, fit=640)
+        decode_for_detector(data)
     decode_ms = 1000 * (time.process_time() - started) / len(photos)
     detector_ms, recognizer_ms = model_cpu_ms(1, faces, detector_blobs(photos))
     return decode_ms + detector_ms + faces_per_photo * recognizer_ms
@@ -623,9 +628,9 @@ def paired_p50(
 
 
 def decode_alone_p50(photo_sets: dict[str, list[bytes]], rounds: int) -> dict[str, list[float]]:
-    """Each 12 MP photo's p50 wall ms to decode it for the detector as detect decodes it (a
-    JPEG by DCT scaling; an HEIC whole, libheif's tiles on every core), in this process with
-    nothing else running: no pipeline with these decoders answers that photo sooner."""
+    """Each 12 MP photo's p50 wall ms in `decode_for_detector` (an HEIC's tiles on several
+    threads), in this process with nothing else running: no pipeline with these decoders
+    answers that photo sooner."""
     alone: dict[str, list[float]] = {}
     for name in ("12 MP JPEG", "12 MP HEIC"):
         if name not in photo_sets:
@@ -634,7 +639,7 @@ def decode_alone_p50(photo_sets: dict[str, list[bytes]], rounds: int) -> dict[st
         for _ in range(rounds):
             for i, data in enumerate(photo_sets[name]):
                 started = time.perf_counter()
-                decode_image(data, 1 << 30, 1 << 30, fit=640)
+                decode_for_detector(data)
                 times[i].append(1000 * (time.perf_counter() - started))
         alone[name] = [statistics.median(one) for one in times]
     return alone
