@@ -104,6 +104,11 @@ class OnnxSettings(BaseSettings):
     inter_op_threads: int = Field(
         1, ge=0, description="ONNX Runtime inter-op threads; 0 = default."
     )
+    vectorize_prelu: bool = Field(
+        True,
+        description="On the CPU alone, run each PRelu of slopes <= 1 as Max(x, slope * x), "
+        "the same outputs to the bit: ONNX Runtime's PRelu kernel runs one element at a time.",
+    )
 
     device_id: int = Field(
         0,

@@ -6,13 +6,20 @@ hands them to ONNX Runtime, and sessions are opened on the CPU build that is ins
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
+import cv2
+import numpy as np
+import onnx as onnx_format
 import onnxruntime as ort
 import pytest
+from insightface.model_zoo.scrfd import SCRFD
+from insightface.utils import face_align
+from onnx import TensorProto, helper, numpy_helper
 
 from services.common import onnx
-from services.common.models import select_model
+from services.common.models import insightface_image, select_model
 from services.common.onnx import (
     CUDA,
     TENSORRT,
@@ -111,3 +118,68 @@ def test_missing_cuda_libraries_are_named(monkeypatch: pytest.MonkeyPatch) -> No
 def test_tensorrt_missing_says_the_image_does_not_ship_it() -> None:
     with pytest.raises(ProviderUnavailableError, match="does not ship"):
         create_session(RECOGNIZER, OnnxSettings(providers=["tensorrt"]))
+
+
+def _faces_of_t1() -> np.ndarray:
+    """The six faces of insightface's t1.jpg, found by the real detector and aligned."""
+    detector_file = select_model(DEFAULT_MODEL_DIR, "detector").path(DEFAULT_MODEL_DIR)
+    detector = SCRFD(model_file=str(detector_file))
+    detector.prepare(-1, input_size=(640, 640))
+    photo = cv2.imread(str(insightface_image("t1.jpg")))
+    _, landmarks = detector.detect(photo)
+    assert len(landmarks) == 6
+    crops = [face_align.norm_crop(photo, points) for points in landmarks]
+    return cv2.dnn.blobFromImages(crops, 1 / 127.5, (112, 112), (127.5,) * 3, swapRB=True)
+
+
+def test_the_recognizer_runs_prelu_vectorized_with_the_same_embeddings_to_the_bit() -> None:
+    rewritten = onnx.vectorized_prelu(RECOGNIZER)
+    assert rewritten is not None
+    graph, count = rewritten
+    model = onnx_format.load_from_string(graph)
+    ops = Counter(node.op_type for node in model.graph.node)
+    original = Counter(node.op_type for node in onnx_format.load(str(RECOGNIZER)).graph.node)
+    assert original["PRelu"] == count == 34
+    assert ops["PRelu"] == 0 and ops["Max"] == count and ops["Mul"] == original["Mul"] + count
+
+    faces = _faces_of_t1()
+    served = create_session(RECOGNIZER, OnnxSettings())
+    as_written = create_session(RECOGNIZER, OnnxSettings(vectorize_prelu=False))
+    name = served.get_inputs()[0].name
+    for batch in (faces[:1], faces):  # batch 1 and a batch of six
+        ours, theirs = (s.run(None, {name: batch})[0] for s in (served, as_written))
+        assert ours.shape == (len(batch), 512)
+        assert np.array_equal(ours, theirs)
+
+
+def _prelu_model(path: Path, slopes: list[float]) -> Path:
+    """A one-node model: PRelu over (1, channels, 4, 4) with a constant slope per channel."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, len(slopes), 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, len(slopes), 4, 4])
+    slope = numpy_helper.from_array(np.array(slopes, np.float32).reshape(-1, 1, 1), "slope")
+    graph = helper.make_graph(
+        [helper.make_node("PRelu", ["x", "slope"], ["y"], "act")], "g", [x], [y], [slope]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx_format.save(model, str(path))
+    return path
+
+
+def test_prelu_of_negative_slopes_and_slopes_up_to_one_matches_onnx_runtimes(
+    tmp_path: Path,
+) -> None:
+    path = _prelu_model(tmp_path / "prelu.onnx", [-0.8, 0.0, 0.25, 1.0])
+    x = np.random.default_rng(0).standard_normal((1, 4, 4, 4)).astype(np.float32)
+    x[0, :, 0, 0] = 0.0  # zeros take either branch
+    served = create_session(path, OnnxSettings()).run(None, {"x": x})[0]
+    as_written = create_session(path, OnnxSettings(vectorize_prelu=False)).run(None, {"x": x})[0]
+    assert np.array_equal(served, as_written)
+    assert onnx.vectorized_prelu(path) is not None
+
+
+def test_a_slope_above_one_keeps_onnx_runtimes_prelu(tmp_path: Path) -> None:
+    # max(x, s * x) would give s * x for positive x when s > 1: such a node is left alone.
+    assert onnx.vectorized_prelu(_prelu_model(tmp_path / "steep.onnx", [0.5, 1.5])) is None
+    detector_file = select_model(DEFAULT_MODEL_DIR, "detector").path(DEFAULT_MODEL_DIR)
+    assert onnx.vectorized_prelu(detector_file) is None  # SCRFD's activations are Relu
