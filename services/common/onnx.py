@@ -213,8 +213,7 @@ def create_session(
     options.log_severity_level = 3
     model: str | bytes = str(path)
     if usable == [CPU] and settings.vectorize_prelu and (faster := vectorized_prelu(path)):
-        model, rewritten = faster
-        log.debug("prelu vectorized for the cpu", model=path.name, nodes=rewritten)
+        model = faster[0]
     session = ort.InferenceSession(
         model,
         sess_options=options,
