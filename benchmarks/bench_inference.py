@@ -175,13 +175,13 @@ def single_threaded_session(
 
 
 def model_cpu_ms(
-    rounds: int, faces: list[np.ndarray], images: list[np.ndarray], as_served: bool = True
+    rounds: int, faces: list[np.ndarray], images: list[np.ndarray]
 ) -> tuple[float, float]:
     """CPU ms of one detector run (one of `images`) and one recognizer run (one of `faces`),
-    with the single-threaded sessions the services use (or the files' graphs as written)."""
+    with the single-threaded sessions the services use."""
     costs = []
     for model, inputs in (("scrfd_500m_bnkps.onnx", images), ("w600k_mbf.onnx", faces)):
-        session, name = single_threaded_session(model, inputs[0], as_served)
+        session, name = single_threaded_session(model, inputs[0])
         runs = 20 * rounds
         started = time.process_time()
         for i in range(runs):

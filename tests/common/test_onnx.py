@@ -9,15 +9,13 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import cv2
 import numpy as np
 import onnx as onnx_format
 import onnxruntime as ort
 import pytest
-from insightface.model_zoo.scrfd import SCRFD
-from insightface.utils import face_align
 from onnx import TensorProto, helper, numpy_helper
 
+from benchmarks.bench_inference import face_blobs
 from services.common import onnx
 from services.common.models import insightface_image, select_model
 from services.common.onnx import (
@@ -120,18 +118,6 @@ def test_tensorrt_missing_says_the_image_does_not_ship_it() -> None:
         create_session(RECOGNIZER, OnnxSettings(providers=["tensorrt"]))
 
 
-def _faces_of_t1() -> np.ndarray:
-    """The six faces of insightface's t1.jpg, found by the real detector and aligned."""
-    detector_file = select_model(DEFAULT_MODEL_DIR, "detector").path(DEFAULT_MODEL_DIR)
-    detector = SCRFD(model_file=str(detector_file))
-    detector.prepare(-1, input_size=(640, 640))
-    photo = cv2.imread(str(insightface_image("t1.jpg")))
-    _, landmarks = detector.detect(photo)
-    assert len(landmarks) == 6
-    crops = [face_align.norm_crop(photo, points) for points in landmarks]
-    return cv2.dnn.blobFromImages(crops, 1 / 127.5, (112, 112), (127.5,) * 3, swapRB=True)
-
-
 def test_the_recognizer_runs_prelu_vectorized_with_the_same_embeddings_to_the_bit() -> None:
     rewritten = onnx.vectorized_prelu(RECOGNIZER)
     assert rewritten is not None
@@ -142,7 +128,9 @@ def test_the_recognizer_runs_prelu_vectorized_with_the_same_embeddings_to_the_bi
     assert original["PRelu"] == count == 34
     assert ops["PRelu"] == 0 and ops["Max"] == count and ops["Mul"] == original["Mul"] + count
 
-    faces = _faces_of_t1()
+    # The six faces of t1.jpg, found by the real detector and aligned as insightface does.
+    faces = np.concatenate(face_blobs([insightface_image("t1.jpg").read_bytes()]))
+    assert len(faces) == 6
     served = create_session(RECOGNIZER, OnnxSettings())
     as_written = create_session(RECOGNIZER, OnnxSettings(vectorize_prelu=False))
     name = served.get_inputs()[0].name
