@@ -791,7 +791,6 @@ def main() -> None:
                 )
     ours = {(n, c): row for (p, n, c), row in rows.items() if p == SERVICES}
     library = {(n, c): row for (p, n, c), row in rows.items() if p == LIBRARY}
-    faces_found = {n: row.found for (n, c), row in ours.items() if c == 1}
     console.print(table)
     console.print(cpu)
     for set_name in ("12 MP JPEG", "12 MP HEIC"):
@@ -813,13 +812,50 @@ def main() -> None:
     if SAME_SMALL in photo_sets:
         alone = decode_alone_p50(photo_sets, 3 * args.repeats)
         console.print(per_photo_table(phones[::2], paired, alone))
-    if set(photo_sets) != set(PHOTO_SETS):
+    if SMALL in photo_sets:
+        print_bound(console, args.rounds, small, small_faces, small_inputs, stacks, rows, samples)
+    if "12 MP JPEG" in photo_sets:
+        hops = Table(title="12 MP JPEG bytes per hop, CPU ms per photo (same photos, same run)")
+        hops.add_column("step")
+        hops.add_column("ms", justify="right")
+        for what, ms in photo_bytes_rows(photo_sets["12 MP JPEG"]):
+            hops.add_row(what, f"{ms:.2f}")
+        console.print(hops)
+    if not {SMALL, SAME_SMALL} <= set(photo_sets):
         return
+    small_p50 = ours[(SMALL, 1)].p50_ms
+    ours_paired = paired[SERVICES]
+    for set_name in ("12 MP JPEG", "12 MP HEIC"):
+        if set_name not in photo_sets:
+            continue
+        ratios = [
+            mp / same
+            for mp, same in zip(ours_paired[set_name], ours_paired[SAME_SMALL], strict=True)
+        ]
+        console.print(
+            f"{set_name}: each photo's services p50 at concurrency 1 is {min(ratios):.2f}x to "
+            f"{max(ratios):.2f}x the p50 of its own frame at 800x600 (same faces, called in "
+            f"turn); the set's p50 is {ours[(set_name, 1)].p50_ms / small_p50:.2f}x the small "
+            "photos' p50."
+        )
 
+
+def print_bound(
+    console: Console,
+    rounds: int,
+    small: list[bytes],
+    small_faces: list[np.ndarray],
+    small_inputs: list[np.ndarray],
+    stacks: dict[str, Services],
+    rows: dict[tuple[str, str, int], Sample],
+    samples: dict[tuple[str, str, int], list[Sample]],
+) -> None:
+    """The models' raw rates, and the share of the model-time bound each pipeline reaches on
+    the small photos at concurrency 4."""
     raw = Table(title="raw ONNX Runtime, model time alone (ORT default threads)")
     raw.add_column("model")
     raw.add_column("per second", justify="right")
-    rates = bench_raw_models(args.rounds, small_faces, small_inputs)
+    rates = bench_raw_models(rounds, small_faces, small_inputs)
     for what, rate in rates:
         raw.add_row(what, f"{rate:.1f}")
     console.print(raw)
@@ -830,13 +866,6 @@ def main() -> None:
         f"vectorized ({1 - as_served / as_written:.0%} less; medians of 3 passes in turn)."
     )
 
-    hops = Table(title="12 MP JPEG bytes per hop, CPU ms per photo (same photos, same run)")
-    hops.add_column("step")
-    hops.add_column("ms", justify="right")
-    for what, ms in photo_bytes_rows(photo_sets["12 MP JPEG"]):
-        hops.add_row(what, f"{ms:.2f}")
-    console.print(hops)
-
     # The bound counts the recognizer once per face found: the small photos are cut around
     # one face each, yet some hold a neighbour's too (a photo of the team has several); and
     # the detector at the shapes detect runs them at, not the square. Two estimates, the
@@ -845,7 +874,7 @@ def main() -> None:
     # thread per session does not wait on the other). The latter is measured just before and
     # after each of the services' samples, so each is judged against the machine of its own
     # moment.
-    per_small = faces_found[SMALL]
+    per_small = rows[(SERVICES, SMALL, 1)].found
     detector_rate, recognizer_rate = rates[1][1], rates[3][1]
     rate_bound = 1 / (1 / detector_rate + per_small / recognizer_rate)
     cores = os.cpu_count() or 1
@@ -865,26 +894,13 @@ def main() -> None:
     # CPU time is steadier than wall time on a shared machine: the share of the services'
     # CPU per small photo that the two models' own runs account for, every core busy, at
     # concurrency 4, beside whose samples the models ran.
-    models_cpu_ms = ours[(SMALL, 4)].models_cpu_ms or 0.0
-    spent = ours[(SMALL, 4)].cpu_ms
+    models_cpu_ms = rows[(SERVICES, SMALL, 4)].models_cpu_ms or 0.0
+    spent = rows[(SERVICES, SMALL, 4)].cpu_ms
     console.print(
         f"Small photos, concurrency 4: the models' own CPU per photo ({models_cpu_ms:.1f} ms, "
         f"every core running them) is {models_cpu_ms / spent:.0%} of the {spent:.1f} ms the "
         "services spend."
     )
-    small_p50 = ours[(SMALL, 1)].p50_ms
-    ours_paired = paired[SERVICES]
-    for set_name in ("12 MP JPEG", "12 MP HEIC"):
-        ratios = [
-            mp / same
-            for mp, same in zip(ours_paired[set_name], ours_paired[SAME_SMALL], strict=True)
-        ]
-        console.print(
-            f"{set_name}: each photo's services p50 at concurrency 1 is {min(ratios):.2f}x to "
-            f"{max(ratios):.2f}x the p50 of its own frame at 800x600 (same faces, called in "
-            f"turn); the set's p50 is {ours[(set_name, 1)].p50_ms / small_p50:.2f}x the small "
-            "photos' p50."
-        )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import onnxruntime as ort
 from insightface.model_zoo.scrfd import SCRFD
@@ -48,7 +49,7 @@ class FaceDetector(OnnxModel):
 
     def __init__(self, settings: DetectSettings) -> None:
         super().__init__(settings)
-        self._model: SCRFD | None = None
+        self._model: _SCRFD | None = None
         self._photo_shaped = False
 
     def shape_profile(self, path: Path) -> ShapeProfile:
@@ -58,7 +59,7 @@ class FaceDetector(OnnxModel):
     def _wrap(self, path: Path, session: ort.InferenceSession) -> None:
         # static_shape_sessions=False: insightface would otherwise open a second, fixed-shape
         # session from the file, past this factory's providers and options.
-        model = SCRFD(model_file=str(path), session=session, static_shape_sessions=False)
+        model = _SCRFD(model_file=str(path), session=session, static_shape_sessions=False)
         side = self.settings.input_size
         # ctx_id 0 keeps the configured providers; a negative id would force the CPU.
         model.prepare(
@@ -112,6 +113,34 @@ class FaceDetector(OnnxModel):
         faces = [f for f in faces if f.shorter_side >= min_face_size]
         faces.sort(key=lambda f: (-f.area, -f.score))
         return faces[:max_faces] if max_faces > 0 else faces
+
+
+class _SCRFD(SCRFD):  # type: ignore[misc]  # insightface has no types
+    """insightface's SCRFD, its input blob built by `input_blob`."""
+
+    def _prepare_input_blob(self, img: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
+        if img.shape[1::-1] != tuple(input_size) or getattr(self, "input_dtype", np.float32) != (
+            np.float32
+        ):
+            return super()._prepare_input_blob(img, input_size)  # type: ignore[no-any-return]
+        return input_blob(img, self.input_mean, self.input_std)
+
+
+def input_blob(image_bgr: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """The detector's input: (1, 3, H, W) float32 RGB, (pixel - mean) / std.
+
+    The same numbers, to the bit (tests/detect/test_detector.py), as the
+    cv2.dnn.blobFromImage(swapRB=True) insightface calls, for a fraction of its CPU: in one
+    probe 0.4 ms against 1.5 ms at 640x608, and against 6.2 ms at 640x640, the input of every
+    photo on a GPU.
+    """
+    height, width = image_bgr.shape[:2]
+    blob = np.empty((1, 3, height, width), np.float32)
+    for plane, channel in zip(blob[0], reversed(cv2.split(image_bgr)), strict=True):
+        plane[...] = channel
+    blob -= np.float32(mean)
+    blob *= np.float32(1 / std)
+    return blob
 
 
 def photo_shaped(providers: list[str], model_input: list[int | str | None]) -> bool:

@@ -6,6 +6,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import cv2
 import grpc
 import structlog
 
@@ -27,6 +28,7 @@ class DetectService(detect_pb2_grpc.DetectServiceServicer):
     def __init__(self, settings: DetectSettings) -> None:
         self.settings = settings
         self.detector = FaceDetector(settings)
+        cv2.setNumThreads(settings.opencv_threads or -1)  # OpenCV: -1 is its default
         self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="detect")
         self._decoders = DecodeWorkers(settings.decode_workers, settings.decode_cpu_s)
         limits = DecodeLimits(

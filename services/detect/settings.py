@@ -34,6 +34,14 @@ class DetectSettings(ServerSettings, OnnxSettings, ImageLimits):
         description="Photos detected in parallel (threads over one session): a second lets "
         "detect use a core that embed leaves idle.",
     )
+    opencv_threads: int = Field(
+        1,
+        ge=0,
+        description="OpenCV's threads in detect's process, for the detector's resizes and the "
+        "faces' crops; 1 keeps each photo's work on its worker's thread: with photos in flight "
+        "on every core, OpenCV's own threads only add switching (about 1 ms of CPU a small "
+        "photo). 0 = OpenCV's default, a thread per core.",
+    )
     decode_workers: int = Field(
         2, ge=1, description="Processes decoding photos; a decode over its budget ends its own."
     )

@@ -18,6 +18,8 @@ from facescore.v1 import common_pb2, detect_pb2, detect_pb2_grpc
 from services.common.errors import reason_of
 from services.common.models import file_sha256, select_model, vectron_file
 from services.common.settings import DEFAULT_MODEL_DIR
+from services.detect.server import DetectService
+from services.detect.settings import DetectSettings
 from tests.conftest import ServiceProcess
 from tests.pngs import dense_bomb
 
@@ -217,3 +219,23 @@ def test_model_identity_in_rpc_and_health_details(detect_service: ServiceProcess
     assert details["status"] == "SERVING"
     assert details["model"]["sha256"] == info.sha256
     assert details["providers"] == ["CPUExecutionProvider"]
+
+
+def test_opencv_runs_on_the_threads_configured() -> None:
+    """One OpenCV thread by default (each photo's resizes and crops on its worker's thread);
+    0 gives OpenCV's own default back."""
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(-1)
+    default = cv2.getNumThreads()
+    try:
+        for configured, expected in ((None, 1), (3, 3), (0, default)):
+            cv2.setNumThreads(5)
+            settings = (
+                DetectSettings()
+                if configured is None
+                else DetectSettings(opencv_threads=configured)
+            )
+            DetectService(settings)
+            assert cv2.getNumThreads() == expected
+    finally:
+        cv2.setNumThreads(before)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import cv2
 import numpy as np
 import onnxruntime as ort
 import pytest
+from insightface.model_zoo.scrfd import SCRFD
 
 from services.common.models import insightface_image, vectron_file
-from services.detect.detector import FaceDetector, input_shape, photo_shaped
+from services.detect import detector as detector_module
+from services.detect.detector import FaceDetector, input_blob, input_shape, photo_shaped
 from services.detect.settings import DetectSettings
 
 
@@ -97,3 +100,45 @@ def test_only_the_cpu_runs_photos_at_their_proportions() -> None:
     detector = FaceDetector(DetectSettings())
     detector.load()
     assert photo_shaped(detector.providers, detector.session.get_inputs()[0].shape)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(640, 640), (608, 640), (640, 608), (480, 640), (640, 384), (37, 53)],
+)
+def test_the_input_blob_is_opencvs_to_the_bit(shape: tuple[int, int]) -> None:
+    image = np.random.default_rng(sum(shape)).integers(0, 256, (*shape, 3), np.uint8)
+    expected = cv2.dnn.blobFromImage(image, 1 / 128, shape[::-1], (127.5,) * 3, swapRB=True)
+    blob = input_blob(image, 127.5, 128.0)
+    assert blob.dtype == np.float32 and blob.flags.c_contiguous
+    np.testing.assert_array_equal(blob, expected)
+
+
+def test_insightface_builds_the_detectors_input_with_input_blob(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The detector's input comes through insightface's `_prepare_input_blob` hook: a version
+    that stopped calling it would fail here, not run slower unseen. The faces are the ones
+    insightface's own blob gives, to the bit."""
+    detector = FaceDetector(DetectSettings())
+    detector.load()
+    shapes: list[tuple[int, ...]] = []
+
+    def counted(image: np.ndarray, mean: float, std: float) -> np.ndarray:
+        shapes.append(image.shape)
+        return input_blob(image, mean, std)
+
+    monkeypatch.setattr(detector_module, "input_blob", counted)
+    photo = cv2.imread(str(insightface_image("t1.jpg")))
+    ours = detector.detect(photo, 0.5)
+    assert shapes == [(448, 640, 3)]
+    model = detector._model
+    monkeypatch.setattr(
+        model, "_prepare_input_blob", functools.partial(SCRFD._prepare_input_blob, model)
+    )
+    theirs = detector.detect(photo, 0.5)
+    assert len(shapes) == 1 and len(ours) == len(theirs) == 6
+    for mine, reference in zip(ours, theirs, strict=True):
+        np.testing.assert_array_equal(mine.box, reference.box)
+        np.testing.assert_array_equal(mine.landmarks, reference.landmarks)
+        assert mine.score == reference.score
