@@ -41,8 +41,8 @@ from typing import Any
 import grpc
 import numpy as np
 import numpy.typing as npt
-from insightface.utils import face_align
 
+from services.common.align import norm_crop
 from services.common.errors import FaceScoreError, Reason
 from services.common.images import (
     JPEG_SCALES,
@@ -173,7 +173,7 @@ def decode_crops(
     crops = []
     for region, marks in zip(decode_regions(limits, min_scale, boxes), landmarks, strict=True):
         local = ((marks - region.origin) * region.scale).astype(np.float32)
-        crops.append(np.ascontiguousarray(face_align.norm_crop(region.bgr, local, size)))
+        crops.append(norm_crop(region.bgr, local, size))
     return crops
 
 

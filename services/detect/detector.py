@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,14 +11,11 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 from insightface.model_zoo.scrfd import SCRFD
-from insightface.utils import face_align
 
+from services.common.align import norm_crop
 from services.common.model_base import OnnxModel
 from services.common.onnx import CPU, ShapeProfile
 from services.detect.settings import DetectSettings
-
-# insightface's norm_crop calls a scikit-image method that warns of its own future removal.
-warnings.filterwarnings("ignore", message=".*`estimate` is deprecated.*", category=FutureWarning)
 
 CROP_SIZE = 112
 # SCRFD's coarsest feature stride: an input side is a multiple of it.
@@ -187,4 +183,4 @@ def _fit_for_resize(image_bgr: np.ndarray, side: int) -> np.ndarray:
 
 def align(image_bgr: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     """The face warped onto ArcFace's 112x112 template."""
-    return np.ascontiguousarray(face_align.norm_crop(image_bgr, landmarks, image_size=CROP_SIZE))
+    return norm_crop(image_bgr, landmarks, CROP_SIZE)

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
-from insightface.utils import face_align
 
 from facescore.v1 import common_pb2, detect_pb2
+from services.common.align import estimate_norm
 from services.common.decode_workers import (
     DecodeLimits,
     DecodeSession,
@@ -182,7 +182,7 @@ class DetectPipeline:
         fine: list[int],
         ahead: bool = False,
     ) -> list[Face]:
-        transforms = [face_align.estimate_norm(faces[i].landmarks, CROP_SIZE) for i in fine]
+        transforms = [estimate_norm(faces[i].landmarks, CROP_SIZE) for i in fine]
         scale = finer_scale(max(magnification(m) for m in transforms))
         if ahead:
             # Finer still, the crops come from a cut at that scale; the decode ahead is unused.
@@ -239,7 +239,7 @@ def _face_of(raw: RawFace, image: DecodedImage) -> Face:
     box = (raw.box.reshape(2, 2) / to_original).reshape(4)
     landmarks = raw.landmarks / to_original
     if image.scale == (1.0, 1.0) or magnification(
-        face_align.estimate_norm(raw.landmarks, CROP_SIZE)
+        estimate_norm(raw.landmarks, CROP_SIZE)
     ) <= max_magnification(min(sx, sy)):
         crop: np.ndarray | None = align(image.bgr, raw.landmarks)
     else:

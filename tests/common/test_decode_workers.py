@@ -238,10 +238,12 @@ def test_answer_arrays_pass_through_shared_memory_and_past_its_end_through_the_p
 
 
 async def test_a_real_worker_answers_the_detector_image_through_shared_memory(
-    gdp_12mp: bytes,
+    gdp_12mp: bytes, capfd: pytest.CaptureFixture[str]
 ) -> None:
     """The decode a worker sends back equals the decode in this process, call after call
-    (each answer overwrites the last in the shared memory)."""
+    (each answer overwrites the last in the shared memory). The worker writes nothing to
+    stderr: a library's deprecation warning from aligning the crops would reach the
+    operator's log outside its structured lines."""
     workers = DecodeWorkers(1, budget_s=30.0)
     workers.start()
     try:
@@ -254,3 +256,4 @@ async def test_a_real_worker_answers_the_detector_image_through_shared_memory(
         assert np.array_equal(crops[0], decode_crops(LIMITS, 0.5, BOXES, LANDMARKS, 112)[0])
     finally:
         workers.stop()
+    assert capfd.readouterr().err == ""
