@@ -51,6 +51,9 @@ def configure_logging(service: str, level: str = "info", fmt: str = "json") -> N
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level.upper())
+    # A library's warnings (qdrant-client's version check, say) as log lines like any other,
+    # not raw text on stderr between them.
+    logging.captureWarnings(True)
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(service=service)
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 
 from services.common.logging import MAX_REQUEST_ID, REQUEST_ID_HEADER, request_id_from
@@ -32,3 +36,22 @@ def test_an_unusable_id_is_replaced_by_a_fresh_one(sent: str | None) -> None:
 
 def test_no_id_gets_a_fresh_one() -> None:
     assert request_id_from(None) != request_id_from([])
+
+
+def test_a_librarys_warning_is_a_json_log_line() -> None:
+    """A Python warning in a configured service (a fresh process: pytest captures warnings
+    itself) is written as one structured line, not as raw text between the JSON lines."""
+    script = (
+        "import warnings\n"
+        "from services.common.logging import configure_logging\n"
+        "configure_logging('score')\n"
+        "warnings.warn('server version unknown', UserWarning)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    line = json.loads(lines[0])
+    assert line["level"] == "warning" and line["logger"] == "py.warnings"
+    assert line["service"] == "score" and "server version unknown" in line["event"]
