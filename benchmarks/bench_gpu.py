@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-import warnings
 from collections.abc import Callable
 
 import cv2
@@ -30,7 +29,6 @@ from services.embed.batcher import batch_buckets
 from services.embed.recognizer import FaceRecognizer
 from services.embed.settings import EmbedSettings
 
-warnings.filterwarnings("ignore", message=".*`estimate` is deprecated.*", category=FutureWarning)
 GOAL_FACES_PER_S = 5000  # embed at batch 32 on a data-centre GPU (issue 13)
 CPU = ["CPUExecutionProvider"]
 

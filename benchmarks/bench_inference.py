@@ -21,7 +21,6 @@ import statistics
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,21 +33,20 @@ import onnxruntime as ort
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from insightface.model_zoo.arcface_onnx import ArcFaceONNX
 from insightface.model_zoo.scrfd import SCRFD
-from insightface.utils import face_align
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
 from facescore.devtools.phone_photos import PhonePhoto, phone_photos
 from facescore.v1 import detect_pb2, detect_pb2_grpc, embed_pb2, embed_pb2_grpc
+from services.common.align import norm_crop
 from services.common.images import decode_image
 from services.common.models import insightface_image, vectron_file
 from services.common.onnx import create_session
 from services.common.settings import OnnxSettings
-from services.detect.detector import input_shape
+from services.detect.detector import CROP_SIZE, input_shape
 
 REPO = Path(__file__).resolve().parents[1]
-warnings.filterwarnings("ignore", message=".*`estimate` is deprecated.*", category=FutureWarning)
 MODELS = REPO / "public" / "models"
 
 
@@ -118,7 +116,7 @@ def bench_in_process(
         t = time.perf_counter()
         image = decode_in_process(data)
         _, landmarks = detector.detect(image, input_size=(640, 640))
-        crops = [face_align.norm_crop(image, lm) for lm in landmarks]
+        crops = [norm_crop(image, lm, CROP_SIZE) for lm in landmarks]
         if crops:
             recognizer.get_feat(crops)
         return t, time.perf_counter()
@@ -143,7 +141,7 @@ def face_blobs(photos: list[bytes]) -> list[np.ndarray]:
         image = decode_in_process(data)
         _, landmarks = detector.detect(image, input_size=(640, 640))
         for points in landmarks:
-            crop = face_align.norm_crop(image, points)
+            crop = norm_crop(image, points, CROP_SIZE)
             blobs.append(
                 cv2.dnn.blobFromImage(crop, 1 / 127.5, (112, 112), (127.5,) * 3, swapRB=True)
             )

@@ -16,12 +16,12 @@ import io
 import numpy as np
 import numpy.typing as npt
 from insightface.model_zoo.arcface_onnx import ArcFaceONNX
-from insightface.utils import face_align
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
 from facescore.devtools.phone_photos import phone_frame, sample_sources
+from services.common.align import estimate_norm
 from services.common.images import decode_image
 from services.detect.detector import CROP_SIZE, FaceDetector, align
 from services.detect.pipeline import clears_bar, magnification
@@ -74,7 +74,7 @@ def main() -> None:
         for face in detector.detect(quarter.bgr, 0.5):
             landmarks = face.landmarks / quarter.scale[0]
             reference = vector(align(full.bgr, landmarks))
-            per_original = magnification(face_align.estimate_norm(landmarks, CROP_SIZE))
+            per_original = magnification(estimate_norm(landmarks, CROP_SIZE))
             cosines = [
                 float(vector(align(reduced[s].bgr, landmarks * reduced[s].scale[0])) @ reference)
                 for s in SCALES
