@@ -10,7 +10,7 @@ from typing import Any
 import cv2
 import numpy as np
 import onnxruntime as ort
-from insightface.model_zoo.scrfd import SCRFD
+from insightface.model_zoo.scrfd import SCRFD, distance2bbox, distance2kps
 
 from services.common.align import norm_crop
 from services.common.model_base import OnnxModel
@@ -120,6 +120,51 @@ class _SCRFD(SCRFD):  # type: ignore[misc]  # insightface has no types
         ):
             return super()._prepare_input_blob(img, input_size)  # type: ignore[no-any-return]
         return input_blob(img, self.input_mean, self.input_std)
+
+    def forward(
+        self, img: np.ndarray, threshold: float
+    ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+        """insightface's `forward`, each stride's boxes and landmarks decoded only at the
+        anchors whose score clears `threshold`.
+
+        The library scales and decodes every anchor's outputs (16,800 at 640x640, each stride
+        stacked twice) and then keeps the few above the threshold. Decoding is per element, so
+        picking the anchors first gives the same numbers, to the bit
+        (tests/detect/test_detector.py), in a probe 0.15 against 0.42 ms of CPU per small
+        bench photo.
+        """
+        input_size = (img.shape[1], img.shape[0])
+        blob = self._prepare_input_blob(img, input_size)
+        outputs = self._session_for_input_size(input_size).run(
+            self.output_names, {self.input_name: blob}
+        )
+        if self.batched:
+            outputs = [output[0] for output in outputs]
+        height, width = blob.shape[2:]
+        scores_list, boxes_list, kpss_list = [], [], []
+        for index, stride in enumerate(self._feat_stride_fpn):
+            scores = outputs[index]
+            keep = np.where(scores >= threshold)[0]
+            centers = self._anchor_centers(height // stride, width // stride, stride)[keep]
+            scores_list.append(scores[keep])
+            boxes_list.append(distance2bbox(centers, outputs[index + self.fmc][keep] * stride))
+            if self.use_kps:
+                kps = distance2kps(centers, outputs[index + 2 * self.fmc][keep] * stride)
+                kpss_list.append(kps.reshape(len(keep), kps.shape[1] // 2, 2))
+        return scores_list, boxes_list, kpss_list
+
+    def _anchor_centers(self, height: int, width: int, stride: int) -> np.ndarray:
+        """Each anchor's (x, y) on a stride's grid of height x width cells, row by row, every
+        cell's point repeated once per anchor: the library's layout, kept in its cache."""
+        key = (height, width, stride)
+        centers = self.center_cache.get(key)
+        if centers is None:
+            xs, ys = np.meshgrid(np.arange(width), np.arange(height))
+            grid = np.stack([xs, ys], axis=-1).astype(np.float32)
+            centers = np.repeat((grid * stride).reshape(-1, 2), self._num_anchors, axis=0)
+            if len(self.center_cache) < 100:
+                self.center_cache[key] = centers
+        return centers  # type: ignore[no-any-return]
 
 
 def input_blob(image_bgr: np.ndarray, mean: float, std: float) -> np.ndarray:

@@ -142,3 +142,32 @@ def test_insightface_builds_the_detectors_input_with_input_blob(
         np.testing.assert_array_equal(mine.box, reference.box)
         np.testing.assert_array_equal(mine.landmarks, reference.landmarks)
         assert mine.score == reference.score
+
+
+@pytest.mark.parametrize(
+    ("threshold", "at_least", "at_most"), [(0.5, 6, 200), (0.02, 200, 20_000), (1.01, 0, 0)]
+)
+@pytest.mark.parametrize("photo", ["t1.jpg", "players.jpg"])
+def test_the_detectors_outputs_are_decoded_as_insightface_decodes_them(
+    photo: str, threshold: float, at_least: int, at_most: int
+) -> None:
+    """`_SCRFD.forward` decodes only the anchors above the threshold; every stride's scores,
+    boxes and landmarks equal the library's, which decodes every anchor, to the bit: a few
+    anchors kept, hundreds, and none. Each model builds its own anchor centers."""
+    detector = FaceDetector(DetectSettings())
+    detector.load()
+    ours = detector._model
+    theirs = SCRFD(model_file=None, session=ours.session, static_shape_sessions=False)
+    theirs.prepare(0, input_size=(640, 640))
+    path = vectron_file(photo) if photo == "players.jpg" else insightface_image(photo)
+    image = cv2.resize(cv2.imread(str(path)), (640, 480))
+    ours.center_cache.clear()
+    found = ours.forward(image, threshold)
+    expected = SCRFD.forward(theirs, image, threshold)
+    assert ours.center_cache.keys() == theirs.center_cache.keys()
+    assert at_least <= sum(len(scores) for scores in found[0]) <= at_most
+    for mine, reference in zip(found, expected, strict=True):
+        assert len(mine) == len(reference) == 3
+        for a, b in zip(mine, reference, strict=True):
+            assert a.dtype == b.dtype
+            np.testing.assert_array_equal(a, b)
