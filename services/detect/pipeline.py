@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from facescore.v1 import common_pb2, detect_pb2
-from services.common.align import estimate_norm
+from services.common.align import estimate_norm, warp
 from services.common.decode_workers import (
     DecodeLimits,
     DecodeSession,
@@ -40,7 +40,7 @@ from services.common.decode_workers import (
 from services.common.images import JPEG_SCALES, DecodedImage, decode_image, header_pixels
 from services.common.load import spare_cores
 from services.common.metrics import DECODES_AHEAD
-from services.detect.detector import CROP_SIZE, FaceDetector, RawFace, align
+from services.detect.detector import CROP_SIZE, FaceDetector, RawFace
 from services.detect.quality import face_quality
 
 T = TypeVar("T")
@@ -238,10 +238,9 @@ def _face_of(raw: RawFace, image: DecodedImage) -> Face:
     to_original = np.array([sx, sy], np.float32)
     box = (raw.box.reshape(2, 2) / to_original).reshape(4)
     landmarks = raw.landmarks / to_original
-    if image.scale == (1.0, 1.0) or magnification(
-        estimate_norm(raw.landmarks, CROP_SIZE)
-    ) <= max_magnification(min(sx, sy)):
-        crop: np.ndarray | None = align(image.bgr, raw.landmarks)
+    transform = estimate_norm(raw.landmarks, CROP_SIZE)
+    if image.scale == (1.0, 1.0) or magnification(transform) <= max_magnification(min(sx, sy)):
+        crop: np.ndarray | None = warp(image.bgr, transform, CROP_SIZE)
     else:
         crop = None
     return Face(box.astype(np.float32), raw.score, landmarks.astype(np.float32), crop)
